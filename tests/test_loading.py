@@ -168,3 +168,30 @@ def test_4bit_nf4_on_cpu_quantises_only_the_llm(official, pad_model):
     # Close to the unquantised model...
     cosine = torch.nn.functional.cosine_similarity(full, quant, dim=-1)
     assert cosine.mean() > 0.95 and cosine.min() > 0.85, cosine
+
+
+def test_released_geometry_clip_l_and_the_8_head_projector(tmp_path_factory, tokenizer_dir):
+    """CLIP-L/336 geometry (1024 wide, 24 layers, 336/14): the 1024/4096/8-head projector of the releases."""
+    root = tmp_path_factory.mktemp("released")
+    clip = make_clip_dir(root / "clip", released=True, seed=5)
+    directory = write_official_checkpoint(root / "TokenPacker-HD-7b-9patch-144token", tokenizer_dir, clip,
+                                          aspect="slice", patch_num=9, embed_clip=False)  # fmt: skip
+    pipe = tokenpacker.load(directory, device="cpu")
+    projector = pipe.model.model.mm_projector
+    assert projector.num_heads == 8 and projector.k_proj_1[0].weight.shape == (1024, 4096)
+    assert projector.clip_attn.in_proj_weight.shape == (3072, 1024)
+    image = scene(320, 300)  # one tile: a single view keeps this test quick
+    answer = pipe.ask(image, QUESTION, settings=SamplingSettings(max_new_tokens=3), capture=True)
+    assert answer.grid == (1, 1) and answer.num_visual_tokens == 145
+    assert answer.trace.region_weights.shape == (1, 12, 12, 8, 2, 2)
+    request = pipe.prepare(image, QUESTION)
+    with torch.no_grad():
+        features, multi = pipe.model.model.vision_tower(request.image.pixel_values)
+    assert features.shape == (1, 576, 1024) and multi.shape == (1, 576, 4096)
+    from tests.test_projector import literal_region_attention
+
+    with torch.no_grad():
+        tokens, weights = literal_region_attention(projector, features, multi)
+        ours = projector(features, multi, return_region_weights=True)
+    assert (ours.tokens - tokens).norm() < 1e-5 * tokens.norm()  # float32 summation order only
+    torch.testing.assert_close(ours.region_weights, weights, atol=1e-5, rtol=1e-4)
