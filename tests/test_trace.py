@@ -28,7 +28,8 @@ def test_answer_attention_selections(hd_answer):
     np.testing.assert_allclose(trace.answer_attention(tokens=2, layers=[1]), trace.attention_mean[1, 2], rtol=1e-6)
     np.testing.assert_allclose(trace.answer_attention(reduce="max"), trace.attention_max.mean(axis=(0, 1)), rtol=1e-6)
     words = trace.words()
-    assert sorted(i for _, idx in words for i in idx) == list(range(len(trace.token_ids)))
+    specials = {i for i, t in enumerate(trace.token_texts) if t in ("</s>", "<s>", "<unk>")}
+    assert sorted(i for _, idx in words for i in idx) == sorted(set(range(len(trace.token_ids))) - specials)
     shares = trace.shares()
     assert set(shares) == {v.name for v in trace.layout.views} | {"separators", "text"}
     assert sum(shares.values()) == pytest.approx(1.0, abs=1e-4)

@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--n", type=_positive_int, default=200)
     evaluate.add_argument("--max-tiles", type=_positive_int, default=None)
     evaluate.add_argument("--seed", type=int, default=None, help="scene seed (default: the held-out seed)")
+    evaluate.add_argument("--grounding", action="store_true", help="measure grounding on 'What color is the {shape}?'")
     return parser
 
 

@@ -102,15 +102,18 @@ class Trace:
         return self.attention_mean.shape[1]
 
     def words(self) -> list[tuple[str, list[int]]]:
-        """Answer words as (text, token indices): a word starts at a piece beginning with a space."""
+        """Answer words as (text, token indices): a word starts at a piece beginning with a space; special
+        tokens such as </s> belong to no word."""
         words = []
         for i, text in enumerate(self.token_texts[: self.num_rows]):
+            if text in ("</s>", "<s>", "<unk>"):
+                continue  # special tokens are tokens, not words
             if text.startswith(" ") or not words:
                 words.append([text.strip(), [i]])
             else:
                 words[-1][0] += text
                 words[-1][1].append(i)
-        return [(w, idx) for w, idx in words if w.strip() or len(idx)]
+        return [(w, idx) for w, idx in words]
 
     def answer_attention(self, tokens=None, layers=None, reduce: str = "mean") -> np.ndarray:
         """(N,) attention of the selected answer tokens to each visual token.
@@ -136,6 +139,16 @@ class Trace:
         out["separators"] = float(share[1])
         out["text"] = float(share[2])
         return out
+
+    def attention_at(self, x: float, y: float, layers=None, reduce: str = "mean") -> np.ndarray:
+        """(T,) per answer token: attention to the visual tokens whose boxes contain original pixel (x, y)
+        (one per view that shows it: a tile and the thumbnail), averaged over `layers`."""
+        hit = self.layout.tokens_at(x, y)
+        source = {"mean": self.attention_mean, "max": self.attention_max}[reduce]
+        chosen = _select(layers, source.shape[0])
+        if len(hit) == 0 or len(chosen) == 0:
+            return np.zeros(source.shape[1], dtype=np.float32)
+        return source[np.ix_(chosen, np.arange(source.shape[1]), hit)].sum(axis=2).mean(axis=0)
 
     # -- maps ---------------------------------------------------------------------------------------------
     def token_grid(self, values: np.ndarray) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Benchmarks: what TokenPacker saves and what seeing inside costs, as ratios measured in one run."""
