@@ -8,7 +8,7 @@ import torch
 import tokenpacker
 from tokenpacker import SamplingSettings
 from tokenpacker.errors import CheckpointFormatError, ModelNotFoundError
-from tests.checkpoints import make_clip_dir, projector_state_dict, write_official_checkpoint
+from tests.checkpoints import make_clip_dir, write_official_checkpoint
 from tests.conftest import scene
 
 QUESTION = "What is in the image?"
@@ -195,3 +195,15 @@ def test_released_geometry_clip_l_and_the_8_head_projector(tmp_path_factory, tok
         ours = projector(features, multi, return_region_weights=True)
     assert (ours.tokens - tokens).norm() < 1e-5 * tokens.norm()  # float32 summation order only
     torch.testing.assert_close(ours.region_weights, weights, atol=1e-5, rtol=1e-4)
+
+
+def test_registered_with_the_auto_classes(official, tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    pipe = tokenpacker.load(official(scale_factor=2, aspect="pad"), device="cpu")
+    pipe.save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "TokenPackerConfig"
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert type(model).__name__ == "TokenPackerForCausalLM"
+    state = pipe.model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())

@@ -44,13 +44,19 @@ class AttentionRecorder:
         self.step = 0
         self.rows = 0
         self._mean = self._max = self._shares = None  # allocated on the first record, on the LLM's device
+        self._on_device = {}
 
     def _allocate(self, device) -> None:
         shape = (self.num_layers, self.max_rows, len(self.visual))
         self._mean = torch.zeros(shape, device=device)
         self._max = torch.zeros(shape, device=device)
         self._shares = torch.zeros(self.num_layers, self.max_rows, 3, device=device)
-        self.visual, self.separators = self.visual.to(device), self.separators.to(device)
+
+    def _indices(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Visual and separator positions on `device` (layers may sit on different GPUs with device_map)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.visual.to(device), self.separators.to(device))
+        return self._on_device[device]
 
     @torch.no_grad()
     def record(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
@@ -62,17 +68,19 @@ class AttentionRecorder:
         key = repeat_kv(key, query.shape[1] // key.shape[1])
         scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling  # (1, heads, 1, T)
         probs = torch.softmax(scores, dim=-1)[0, :, 0]  # (heads, T); the last row attends to every key
-        visual = probs[:, self.visual]  # (heads, N)
-        self._mean[layer, self.step] = visual.mean(0)
+        visual_at, separators_at = self._indices(probs.device)
+        visual = probs[:, visual_at]  # (heads, N)
+        visual_mean = visual.mean(0)
+        self._mean[layer, self.step] = visual_mean
         self._max[layer, self.step] = visual.amax(0)
-        head_mean = probs.mean(0)  # (T,)
-        on_visual = head_mean[self.visual].sum()
-        on_separators = head_mean[self.separators].sum() if len(self.separators) else head_mean.new_zeros(())
+        on_visual = visual_mean.sum()
+        on_separators = probs[:, separators_at].sum() / probs.shape[0]
         self._shares[layer, self.step] = torch.stack([on_visual, on_separators, 1 - on_visual - on_separators])
         if layer == self.num_layers - 1:
             self.rows = self.step + 1
 
     def result(self) -> CapturedAttention:
+        """The rows recorded so far (on CPU these are views of the buffers, not copies)."""
         if self._mean is None:
             empty = torch.zeros(self.num_layers, 0, len(self.visual))
             return CapturedAttention(empty, empty.clone(), torch.zeros(self.num_layers, 0, 3))

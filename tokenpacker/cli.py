@@ -35,6 +35,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--quantization", default=None, choices=["4bit", "8bit"])
     parser.add_argument("--vision-tower", default=None, help="CLIP directory or hub id overriding the config's mm_vision_tower")
+    parser.add_argument("--device-map", default=None, choices=["auto", "balanced", "sequential"],
+                        help="spread the model over several GPUs (accelerate)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,7 +68,7 @@ def _load(args):
     from .loading import load
 
     return load(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
-                vision_tower=args.vision_tower)  # fmt: skip
+                vision_tower=args.vision_tower, device_map=args.device_map)  # fmt: skip
 
 
 def run_ask(args) -> int:

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from .capture import AttentionRecorder
+from .configuration import IMAGE_TOKEN_INDEX
 from .conversation import Turn, build_prompt
 from .errors import ContextLengthError, PromptError
 from .generation import GeneratedToken, SamplingSettings, decode
@@ -150,7 +151,7 @@ class TokenPackerPipeline:
 
         layout = None
         if prepared is not None:
-            start = input_ids.index(-200)
+            start = input_ids.index(IMAGE_TOKEN_INDEX)
             layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid,
                                   self.config.point_grid, start)  # fmt: skip
         return Request(turns, prompt, input_ids, prepared, layout, notices)
@@ -211,6 +212,8 @@ class TokenPackerPipeline:
                                          request.layout.separator_positions, settings.max_new_tokens)  # fmt: skip
             answer.trace = Trace.start(request, region_weights, self.tokenizer)
 
+        # The trace grows as tokens stream: every token on CPU (views, no copy), every 8th on a GPU.
+        refresh = 1 if self.device.type == "cpu" else 8
         decode_start = None
         for token in decode(self.model, embeds, settings, self.tokenizer.eos_token_id, recorder, should_stop):
             self._append(answer, token)
@@ -220,7 +223,7 @@ class TokenPackerPipeline:
                     answer.timings.get("vision_s", 0.0) + answer.timings.get("projector_s", 0.0) + token.seconds
                 )
                 decode_start = time.perf_counter()
-            if answer.trace is not None:
+            if answer.trace is not None and len(answer.token_ids) % refresh == 0:
                 answer.trace.update(answer.token_ids, recorder.result())
             yield answer
 

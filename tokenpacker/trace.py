@@ -20,8 +20,6 @@ import numpy as np
 
 from .layout import View, VisualLayout, build_layout
 
-MLP_TOKENS_PER_VIEW_NAME = "mlp_576"
-
 
 @dataclass
 class PartitionReport:
