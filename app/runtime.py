@@ -34,7 +34,7 @@ class ModelRuntime:
         s = self.settings
         try:
             self.pipeline = load(s.model, device=s.device, dtype=s.dtype, quantization=s.quantization,
-                                 vision_tower=s.vision_tower, progress=self._say)  # fmt: skip
+                                 vision_tower=s.vision_tower, device_map=s.device_map, progress=self._say)  # fmt: skip
             self.status = "Ready"
         except TokenPackerError as e:
             self.error = str(e)

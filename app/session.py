@@ -40,6 +40,7 @@ class ChatSession:
         if image is not None:
             self.image, self.image_path = image, image_path
         self.questions.append(question)
+        self.stop_requested = False  # a Stop pressed while this answer waits in the queue still counts
 
     def finish(self, answer: Answer) -> None:
         if self.pending is not None:
@@ -55,6 +56,7 @@ class ChatSession:
         """Remove the last answer (for Regenerate); its question becomes pending again."""
         if not self.answers:
             return None
+        self.stop_requested = False
         self.answers.pop()
         self.selected = len(self.answers) - 1
         return self.questions[-1]

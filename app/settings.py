@@ -12,6 +12,7 @@ class AppSettings:
     device: str = "auto"
     dtype: str | None = None
     vision_tower: str | None = None
+    device_map: str | None = None  # "auto": spread a large model over several GPUs (accelerate)
     host: str = "127.0.0.1"
     port: int = 7860
     share: bool = False
@@ -32,6 +33,8 @@ def parse(argv: list[str] | None = None) -> AppSettings:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default=env("TOKENPACKER_DEVICE", "auto"))
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=env("TOKENPACKER_DTYPE") or None)
     parser.add_argument("--vision-tower", default=env("TOKENPACKER_VISION_TOWER") or None)
+    parser.add_argument("--device-map", choices=["auto", "balanced", "sequential"], default=env("TOKENPACKER_DEVICE_MAP") or None,
+                        help="spread the model over several GPUs (env TOKENPACKER_DEVICE_MAP)")
     parser.add_argument("--host", default=env("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="interface to bind (env GRADIO_SERVER_NAME; Spaces sets 0.0.0.0)")
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", env("PORT", "7860"))))
@@ -39,5 +42,5 @@ def parse(argv: list[str] | None = None) -> AppSettings:
                         help="create a public gradio.live link (off by default)")
     parser.add_argument("--max-file-size", default=env("TOKENPACKER_MAX_FILE_SIZE", "20mb"))
     args = parser.parse_args(argv)
-    return AppSettings(args.model, args.quantization, args.device, args.dtype, args.vision_tower, args.host,
-                       args.port, args.share, args.max_file_size)  # fmt: skip
+    return AppSettings(args.model, args.quantization, args.device, args.dtype, args.vision_tower, args.device_map,
+                       args.host, args.port, args.share, args.max_file_size)  # fmt: skip

@@ -4,15 +4,14 @@ Handlers are thin: session + widget values in, a library call or a views.py/figu
 Library errors become readable notes in the chat; the model runs one generation at a time (queue).
 """
 
-import tempfile
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
+import torch
 
 from tokenpacker import Answer, SamplingSettings, TokenPackerError, open_image
 
-from . import export, figures, views
+from . import figures, inspector, views
 from .runtime import ModelRuntime
 from .session import ChatSession
 
@@ -137,6 +136,8 @@ def build(runtime: ModelRuntime) -> gr.Blocks:
                 image = None
                 if files:
                     path = files[0] if isinstance(files[0], str) else files[0].get("path")
+                    if not _uploaded(path):
+                        raise TokenPackerError("only images uploaded through the page can be used")
                     if s.image is not None:
                         raise TokenPackerError("this conversation already has an image; press Clear to start a new one with another image")
                     image = open_image(path, name=Path(path).name)
@@ -155,39 +156,45 @@ def build(runtime: ModelRuntime) -> gr.Blocks:
             if s.pending is None or not runtime.ready:
                 yield s, s.messages(), gr.skip()
                 return
-            settings = SamplingSettings(max_new_tokens=int(new_tokens), temperature=float(temp), top_p=float(p))
+            try:
+                settings, tiles = _settings(temp, p, new_tokens, tiles)
+            except TokenPackerError as e:
+                s.drop_pending()
+                yield s, s.messages() + [_error_note(str(e))], ""
+                return
             answer = None
-            s.stop_requested = False
             try:
                 with runtime.lock:
-                    for answer in runtime.pipeline.stream(s.image, s.history(), settings, max_tiles=int(tiles),
+                    for answer in runtime.pipeline.stream(s.image, s.history(), settings, max_tiles=tiles,
                                                           capture=s.image is not None,
                                                           should_stop=lambda: s.stop_requested):  # fmt: skip
                         s.streaming = answer
                         yield s, s.messages(streaming=answer), gr.skip()
+                if s.image is None:
+                    answer.notices.append("No image in this conversation: the answer comes from the text alone, "
+                                          "so there is nothing to look inside.")  # fmt: skip
                 s.finish(answer)
                 yield s, s.messages(), _status(answer)
             except TokenPackerError as e:
                 s.drop_pending()
                 yield s, s.messages() + [_error_note(str(e))], ""
-            except Exception as e:  # out of memory and the like: free what we can, tell the user, keep serving
+            except (torch.cuda.OutOfMemoryError, MemoryError):
                 _free_memory()
                 s.drop_pending()
-                yield s, s.messages() + [_error_note(f"generation failed ({type(e).__name__}); please try again")], ""
+                yield s, s.messages() + [_error_note("out of memory: try fewer HD tiles, fewer new tokens or a "
+                                                     "shorter conversation (caches were freed)")], ""  # fmt: skip
+            except Exception as e:  # anything else: free what we can, tell the user, keep serving
+                _free_memory()
+                s.drop_pending()
+                yield s, s.messages() + [_error_note(f"generation failed ({type(e).__name__}: {e}); please try again")], ""
             finally:
                 s.streaming = None
 
         def request_stop(s: ChatSession):
+            # The running answer checks this flag before every token and ends itself as "stopped", keeping
+            # what it has (and its trace); no task is cancelled, so nothing is left half-updated.
             s.stop_requested = True
             return s
-
-        def after_stop(s: ChatSession):
-            partial = s.streaming
-            if s.pending is not None and partial is not None:  # the generator was cancelled mid-answer
-                partial.done, partial.finish_reason = True, "stopped"
-                s.finish(partial)
-            s.streaming = None
-            return s, s.messages(), _status(s.answer)
 
         def retract(s: ChatSession):
             s.retract_last()
@@ -199,22 +206,21 @@ def build(runtime: ModelRuntime) -> gr.Blocks:
 
         respond_inputs = [session, temperature, top_p, max_new_tokens, max_tiles]
         chat_outputs = [session, chat, status]
-        asked = box.submit(submit, [box, session], [session, chat, box])
-        answering = asked.then(respond, respond_inputs, chat_outputs, concurrency_limit=1, concurrency_id="model")
-        regenerating = regenerate.click(retract, [session], [session, chat]).then(
-            respond, respond_inputs, chat_outputs, concurrency_limit=1, concurrency_id="model")  # fmt: skip
-        stop.click(request_stop, [session], [session], queue=False).then(
-            after_stop, [session], chat_outputs, cancels=[answering, regenerating])  # fmt: skip
-        clear.click(reset, None, [session, chat, status, probs, download, answer_pick])
+        asked = box.submit(submit, [box, session], [session, chat, box], api_name="ask")
+        answering = asked.then(respond, respond_inputs, chat_outputs, concurrency_limit=1, concurrency_id="model",
+                               api_name="answer")  # fmt: skip
+        regenerating = regenerate.click(retract, [session], [session, chat], api_name="retract").then(
+            respond, respond_inputs, chat_outputs, concurrency_limit=1, concurrency_id="model", api_name="regenerate")  # fmt: skip
+        stop.click(request_stop, [session], [session], queue=False)
+        clear.click(reset, None, [session, chat, status, probs, download, answer_pick], api_name="reset")
 
         # -- look inside ------------------------------------------------------------------------------
         inspector_outputs = [answer_pick, item, first_layer, last_layer, view_pick, heat_plot, points_plot,
                              probe_image, words, region_plot, region_map_plot, composed_plot, partition_plot,
                              budget, gallery, scores_plot, candidates, probs]  # fmt: skip
 
-        def inspect(s: ChatSession, pick, mode_value, item_value, first, last, reduce_value, which_value, view_value, color):
-            return render_inspector(runtime, s, pick, mode_value, item_value, first, last, reduce_value,
-                                    which_value, view_value, color)  # fmt: skip
+        def inspect(*values):
+            return inspector.render(runtime, *values)
 
         for done in (answering, regenerating):
             done.then(inspect, controls + [color_probs], inspector_outputs)
@@ -241,13 +247,13 @@ def build(runtime: ModelRuntime) -> gr.Blocks:
             assistant = [i for i, m in enumerate(s.messages()) if m["role"] == "assistant"]
             if evt.index in assistant:
                 s.selected = assistant.index(evt.index)
-            return s, gr.update(value=_answer_label(s, s.selected))
+            return s, gr.update(value=inspector.answer_label(s, s.selected))
 
         def pick_word(s: ChatSession, evt: gr.SelectData):
             answer = s.answer
             if answer is None or answer.trace is None:
                 return gr.skip(), gr.skip()
-            choices = _item_choices(answer.trace, "word")
+            choices = inspector.item_choices(answer.trace, "word")
             index = evt.index if isinstance(evt.index, int) else 0
             return "word", gr.update(choices=choices, value=choices[index] if index < len(choices) else None)
 
@@ -255,141 +261,42 @@ def build(runtime: ModelRuntime) -> gr.Blocks:
 
         chat.select(select_message, [session], [session, answer_pick]).then(inspect, controls + [color_probs], inspector_outputs)
 
-        def download_png(s: ChatSession, figure, pick, mode_value, item_value, first, last, reduce_value, which_value, view_value):
-            return export_figure(runtime, s, figure, mode_value, item_value, first, last, reduce_value, which_value, view_value)
+        def download_png(*values):
+            return inspector.figure_png(runtime, *values)
 
-        png_button.click(download_png, [session, png_view] + controls[1:], [download])
-        trace_button.click(export_trace, [session], [download])
+        png_button.click(download_png, [session, png_view] + controls[2:], [download])
+        trace_button.click(inspector.export_trace, [session], [download])
         demo.load(lambda: runtime.header(), None, [header])
         timer = gr.Timer(1.0)
         timer.tick(lambda: (runtime.header(), gr.Timer(active=not runtime.ready)), None, [header, timer])
     return demo
 
 
+def _settings(temperature, top_p, new_tokens, tiles) -> tuple[SamplingSettings, int]:
+    """Slider values -> validated settings (an API caller can send anything)."""
+    try:
+        settings = SamplingSettings(max_new_tokens=int(new_tokens), temperature=float(temperature), top_p=float(top_p))
+        tiles = int(tiles)
+    except (TypeError, ValueError, OverflowError):
+        raise TokenPackerError(f"invalid generation settings: {temperature!r}, {top_p!r}, {new_tokens!r}, {tiles!r}") from None
+    if not 1 <= tiles <= 25:
+        raise TokenPackerError(f"max HD tiles must be from 1 to 25, got {tiles}")
+    return settings.validate(), tiles
+
+
+def _uploaded(path: str | None) -> bool:
+    """Only files in Gradio's upload folder (or our examples) are opened, never an arbitrary path."""
+    from gradio.utils import get_upload_folder
+
+    if not path:
+        return False
+    resolved = Path(path).resolve()
+    return any(resolved.is_relative_to(Path(root).resolve()) for root in (get_upload_folder(), ASSETS / "examples"))
+
+
 def _free_memory() -> None:
     import gc
-
-    import torch
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _answer_label(s: ChatSession, index: int) -> str | None:
-    if not 0 <= index < len(s.answers):
-        return None
-    return f"{index + 1}: {s.questions[index][:40]} → {s.answers[index].text[:30]}"
-
-
-def _selection(trace, mode_value, item_value, first, last, reduce_value) -> views.Selection:
-    index = int(str(item_value).split(":")[0]) if item_value else None
-    kind = {"whole answer": "answer", "word": "word", "token": "token"}[mode_value or "whole answer"]
-    return views.selection(trace, kind, index, int(first), int(last), reduce_value or "mean")
-
-
-def _item_choices(trace, mode_value) -> list[str]:
-    if mode_value == "word":
-        return [f"{i}: {w}" for i, (w, _) in enumerate(trace.words())]
-    if mode_value == "token":
-        return [f"{i}: {t!r}" for i, t in enumerate(trace.token_texts[: trace.num_rows])]
-    return []
-
-
-def render_inspector(runtime, s: ChatSession, pick, mode_value, item_value, first, last, reduce_value, which_value,
-                     view_value, color) -> tuple:  # fmt: skip
-    """Every view of the selected answer (about 0.1-0.3 s for the default model)."""
-    labels = [_answer_label(s, i) for i in range(len(s.answers))]
-    if pick in labels:
-        s.selected = labels.index(pick)
-    answer = s.answer
-    html = views.answer_html(answer, runtime.pipeline.tokenizer.id_to_piece) if (answer and color) else ""
-    if answer is None or answer.trace is None:
-        empty = [gr.update(choices=labels, value=_answer_label(s, s.selected))] + [gr.skip()] * 16 + [html]
-        return tuple(empty)
-    trace = answer.trace
-    layers = trace.num_layers
-    first, last = min(int(first), layers - 1), min(int(last), layers - 1)
-    if first > last:
-        first, last = last, first
-    choices = _item_choices(trace, mode_value)
-    if item_value not in choices:
-        item_value = choices[0] if choices else None
-    choice = _selection(trace, mode_value, item_value, first, last, reduce_value)
-    image = s.image
-    view_labels = [f"{v.index}: {v.name}" for v in trace.layout.views]
-    view_value = view_value if view_value in view_labels else view_labels[0]
-    view_index = int(view_value.split(":")[0])
-    pixel_values = runtime.pipeline.image_processor(image, max_tiles=_tile_limit(answer)).pixel_values
-    config = runtime.pipeline.config
-    pictures = views.view_images(pixel_values, config.image_mean, config.image_std)
-    region_title, region_grid = views.view_region_map(trace, view_index)
-    rows = views.candidate_rows(trace)
-    which_value = which_value if (which_value == "tiles" or len(trace.layout.views) > 1) else "tiles"
-    point_words = [(w, None) for w, _ in trace.words()]
-    region = None
-    if s.point is not None:
-        hit = views.tokens_at(trace, *s.point)
-        point_words = views.word_attention_at(trace, *s.point, choice.layers, choice.reduce)
-        region = figures.region_detail(views.region_detail(trace, hit[0])) if hit else None
-    return (
-        gr.update(choices=labels, value=_answer_label(s, s.selected)),
-        gr.update(choices=choices, value=item_value),
-        gr.update(maximum=layers - 1, value=first),
-        gr.update(maximum=layers - 1, value=last),
-        gr.update(choices=view_labels, value=view_value),
-        figures.overlay(views.heatmap(image, trace, choice)),
-        figures.overlay(views.point_grid(image, trace, choice, which_value)),
-        views.display_image(image),
-        point_words,
-        region,
-        figures.view_region_map(region_title, region_grid, pictures[view_index], trace.scale_factor),
-        figures.overlay(views.heatmap(image, trace, choice, composed=True)),
-        figures.overlay(views.partition(image, trace)),
-        views.budget_markdown(trace, answer),
-        [(p, v.name) for p, v in zip(pictures, trace.layout.views)],
-        figures.candidate_scores(rows) if rows else None,
-        rows,
-        html,
-    )
-
-
-def _tile_limit(answer: Answer) -> int | None:
-    """The views of an answer are re-cut with the tile count it was answered with."""
-    return answer.grid[0] * answer.grid[1] if answer.grid else None
-
-
-def export_figure(runtime, s: ChatSession, figure, mode_value, item_value, first, last, reduce_value, which_value, view_value):
-    answer = s.answer
-    if answer is None or answer.trace is None:
-        raise gr.Error("Ask a question about an image first: there is no answer to export.")
-    trace, image = answer.trace, s.image
-    choice = _selection(trace, mode_value, item_value, first, last, reduce_value)
-    directory = tempfile.mkdtemp(prefix="tokenpacker-png-")
-    name = figure.replace(" ", "-")
-    if figure == "heatmap":
-        return str(export.overlay_png(views.heatmap(image, trace, choice), name, directory))
-    if figure == "composed map":
-        return str(export.overlay_png(views.heatmap(image, trace, choice, composed=True), name, directory))
-    if figure == "point queries":
-        return str(export.overlay_png(views.point_grid(image, trace, choice, which_value or "tiles"), name, directory))
-    if figure == "HD partition":
-        return str(export.overlay_png(views.partition(image, trace), name, directory))
-    if figure == "region map":
-        view_index = int(str(view_value).split(":")[0]) if view_value else 0
-        config = runtime.pipeline.config
-        pixels = runtime.pipeline.image_processor(image, max_tiles=_tile_limit(answer)).pixel_values
-        picture = views.view_images(pixels[view_index : view_index + 1], config.image_mean, config.image_std)[0]
-        title, grid = views.view_region_map(trace, view_index)
-        return str(export.region_map_png(title, grid, picture, trace.scale_factor, name, directory))
-    hit = views.tokens_at(trace, *s.point) if s.point else []
-    k = hit[0] if hit else int(np.argmax(trace.answer_attention()))
-    return str(export.region_png(views.region_detail(trace, k), name, directory))
-
-
-def export_trace(s: ChatSession):
-    answer = s.answer
-    if answer is None or answer.trace is None:
-        raise gr.Error("Ask a question about an image first: there is no trace to download.")
-    directory = tempfile.mkdtemp(prefix="tokenpacker-trace-")
-    return str(answer.trace.save(Path(directory) / f"trace-answer-{s.selected + 1}.npz"))

@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import LlamaConfig, LlavaConfig
+from transformers import LlavaConfig
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from tokenpacker import TokenPackerConfig, TokenPackerForCausalLM, TokenPackerProjector

@@ -13,7 +13,7 @@ def run(quick: bool = False) -> dict:
     from app.runtime import ModelRuntime
     from app.session import ChatSession
     from app.settings import AppSettings
-    from app.ui import render_inspector
+    from app.inspector import render
 
     runtime = ModelRuntime(AppSettings(device="cpu")).start(background=False)
     rows = {}
@@ -24,9 +24,9 @@ def run(quick: bool = False) -> dict:
         session.finish(answer)
         session.point = (100.0, 100.0)  # a clicked point: the probe views render too
 
-        def render():
-            return render_inspector(runtime, session, None, "whole answer", None, 0, 99, "mean", "tiles", None, True)
+        def draw():
+            return render(runtime, session, None, "whole answer", None, 0, 99, "mean", "tiles", None, True)
 
         rows[name] = {"grid": answer.grid, "visual_tokens": answer.num_visual_tokens,
-                      "render_s": timeit(render, repeats=3 if quick else 7)}  # fmt: skip
+                      "render_s": timeit(draw, repeats=3 if quick else 7)}  # fmt: skip
     return {"summary": {"render_s": max(r["render_s"] for r in rows.values())}, "rows": rows}
