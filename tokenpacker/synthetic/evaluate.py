@@ -71,7 +71,7 @@ def run_evaluation(args) -> int:
     from ..loading import load
 
     pipeline = load(args.model, device=args.device, dtype=args.dtype, quantization=args.quantization,
-                    vision_tower=args.vision_tower)  # fmt: skip
+                    vision_tower=args.vision_tower, device_map=args.device_map)  # fmt: skip
     seed = args.seed if args.seed is not None else EVAL_SEED
 
     def progress(done, total):

@@ -16,6 +16,7 @@ import math
 import random
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle")
@@ -76,8 +77,9 @@ class Scene:
     def render(self) -> Image.Image:
         image = Image.new("RGB", (self.width, self.height), self.background)
         if self.noise:
-            rng = random.Random(self.seed)
-            noise = Image.effect_noise((self.width, self.height), self.noise).convert("RGB")
+            rng = np.random.default_rng(self.seed)  # seeded: the same scene renders to the same pixels
+            gray = rng.normal(128.0, self.noise, (self.height, self.width)).clip(0, 255).astype(np.uint8)
+            noise = Image.fromarray(gray, "L").convert("RGB")
             image = Image.blend(image, noise, 0.08 + 0.04 * rng.random())
         self._draw(ImageDraw.Draw(image), lambda o: COLORS[o.color])
         return image

@@ -1,0 +1,167 @@
+"""The synthetic-scene task and the embedded default model trained on it."""
+
+import json
+import random
+import numpy as np
+import pytest
+import torch
+
+import tokenpacker
+from tokenpacker.loading import DEFAULT_MODEL
+from tokenpacker.synthetic.evaluate import EVAL_SEED, evaluate
+from tokenpacker.synthetic.scenes import (
+    COLORS, QUESTION_TYPES, SHAPES, SPLITS, Scene, SceneObject, cell_name, questions, random_scene, sample_question,
+)  # fmt: skip
+from tokenpacker.synthetic.train import TRAIN_SEED, ExampleMaker, default_config, key_word, patch_labels, tokenizer_corpus
+
+
+@pytest.mark.parametrize("split", ["standard", "small"])
+def test_scenes_follow_the_specification(split):
+    rng = random.Random(5)
+    limits = SPLITS[split]
+    for _ in range(60):
+        scene = random_scene(rng, **limits)
+        short = min(scene.width, scene.height)
+        assert limits["min_side"] <= scene.width <= limits["max_side"] and limits["min_side"] <= scene.height <= limits["max_side"]
+        assert max(scene.width, scene.height) <= 4 * short
+        assert 1 <= len(scene.objects) <= 5
+        for obj in scene.objects:
+            assert obj.shape in SHAPES and obj.color in COLORS
+            assert limits["min_size"] * short * 0.999 <= obj.size <= limits["max_size"] * short * 1.001 or obj.size == 4.0
+            x0, y0, x1, y1 = obj.box
+            assert x0 >= 0 and y0 >= 0 and x1 <= scene.width and y1 <= scene.height
+        for a in scene.objects:  # non-overlapping boxes
+            for b in scene.objects:
+                if a is not b:
+                    ax0, ay0, ax1, ay1 = a.box
+                    bx0, by0, bx1, by1 = b.box
+                    assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0
+        assert all(v in (0, *range(200, 251)) or v <= 60 for v in scene.background)
+
+
+def test_questions_and_answers():
+    scene = Scene(900, 600, (240, 240, 240), 0, [
+        SceneObject("circle", "red", 100, 100, 80), SceneObject("square", "blue", 450, 300, 90),
+        SceneObject("triangle", "red", 800, 520, 70),
+    ], 0)  # fmt: skip
+    qa = {q: a for _, q, a, _ in questions(scene)}
+    assert qa["How many objects are there?"] == "3"
+    assert qa["How many circles are there?"] == "1" and qa["How many squares are there?"] == "1"
+    assert qa["What color is the circle?"] == "red" and qa["What color is the square?"] == "blue"
+    assert "What shape is the red object?" not in qa  # two red objects: not asked
+    assert qa["What shape is the blue object?"] == "square"
+    assert qa["Is there a red triangle?"] == "yes" and qa["Is there a green circle?"] == "no"
+    assert qa["Where is the red circle?"] == "top left"
+    assert qa["Where is the blue square?"] == "center"
+    assert qa["Where is the red triangle?"] == "bottom right"
+    assert cell_name(450, 10, 900, 600) == "top center" and cell_name(10, 300, 900, 600) == "middle left"
+    kinds = {sample_question(scene, random.Random(i))[0] for i in range(60)}
+    assert kinds == set(QUESTION_TYPES)
+    answers = {sample_question(scene, random.Random(i), "exists")[2] for i in range(40)}
+    assert answers == {"yes", "no"}  # balanced yes/no
+
+
+@pytest.fixture(scope="module")
+def task_tokenizer(tmp_path_factory):
+    return tokenpacker.LlamaTokenizer.train(tokenizer_corpus(), tmp_path_factory.mktemp("task-tokenizer"), vocab_size=500,
+                                            hard_vocab_limit=False)  # fmt: skip
+
+
+def test_key_words():
+    assert key_word("color", "What color is the triangle?") == "triangle"
+    assert key_word("shape", "What shape is the red object?") == "red"
+    assert key_word("count", "How many objects are there?") == "objects"
+    assert key_word("count_shape", "How many squares are there?") == "squares"
+    assert key_word("exists", "Is there a blue circle?") == key_word("where", "Where is the blue circle?") == "circle"
+
+
+def test_rendering_and_dense_labels(task_tokenizer):
+    scene = Scene(672, 336, (20, 20, 20), 0, [SceneObject("square", "yellow", 100, 100, 56)], 0)
+    pixels = np.array(scene.render())
+    assert tuple(pixels[100, 100]) == COLORS["yellow"] and tuple(pixels[300, 600]) == (20, 20, 20)
+    colors, shapes = (np.array(m) for m in scene.render_labels())
+    assert colors[100, 100] == 1 + list(COLORS).index("yellow") and shapes[100, 100] == 1 + SHAPES.index("square")
+    maker = ExampleMaker(task_tokenizer, default_config(task_tokenizer))
+    prepared = maker.processor(scene.render())
+    labels = patch_labels(scene, prepared.views, 24)
+    assert prepared.grid == (1, 2) and labels.shape == (3, 3, 24, 24)
+    # The square spans pixels 72..128 of tile (0, 0): patches 5..9 at 14 px per patch.
+    assert labels[0, 0, 7, 7] == colors[100, 100] and labels[0, 0, 20, 20] == 0 and labels[1, 0].max() == 0
+    assert labels[0, 1, 7, 7] == 1 + SHAPES.index("square") and labels[0, 1, 4, 4] == 0
+    # One centre mark per object and view that sees it: (100, 100) is patch (7, 7) of tile (0, 0), and on
+    # the thumbnail (672 x 336 fitted to 336 x 168, scale 1/2) pixel (50, 50): patch (3, 3); tile (0, 1) sees nothing.
+    assert labels[0, 2].sum() == 1 and labels[0, 2, 7, 7] == 1 and labels[1, 2].sum() == 0
+    assert labels[2, 2].sum() == 1 and labels[2, 2, 3, 3] == 1
+
+
+def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
+    tokenizer = task_tokenizer
+    maker = ExampleMaker(tokenizer, default_config(tokenizer))
+    prepared, ids, (spans, keys), labels = maker(random.Random(TRAIN_SEED), SPLITS["standard"])
+    assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans)
+    for (position, target), (start, _, _) in zip(keys, spans):  # the key word precedes its answer, whose first token it targets
+        assert position < start and target == ids[start]
+    for start, end, kind in spans:
+        assert kind in QUESTION_TYPES
+        assert ids[end - 1] == tokenizer.eos_token_id  # each answer ends with </s>
+        text = tokenizer.decode(ids[start:end]).strip()
+        assert text and text == text.lower()
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return tokenpacker.load(None, device="cpu")
+
+
+def test_the_shipped_checkpoint(default_model):
+    files = list(DEFAULT_MODEL.iterdir())
+    assert sum(f.stat().st_size for f in files) <= 30 * 2**20
+    assert default_model.config.image_aspect_ratio == "slice" and default_model.config.patch_num == 9
+    assert default_model.config.scale_factor == 2 and default_model.config.view_size == 336
+    assert default_model.config.raw_grid == 24
+
+
+ANSWERS = {
+    "color": set(COLORS), "shape": set(SHAPES), "count": {str(n) for n in range(1, 6)},
+    "count_shape": {str(n) for n in range(6)}, "exists": {"yes", "no"},
+    "where": {"top left", "top center", "top right", "middle left", "center", "middle right", "bottom left",
+              "bottom center", "bottom right"},
+}  # fmt: skip
+SHIPPED_ACCURACY_60 = 25 / 60  # measured on these 60 held-out questions when the checkpoint was shipped (see #5)
+
+
+def test_the_default_model_answers_fresh_scenes(default_model):
+    """The shipped checkpoint answers held-out scenes in the task's vocabulary, above chance (the per-type
+    chance rates average 0.28), at the accuracy it had when shipped. It is far from the 0.90 the task asks for:
+    see README, "The embedded default model"."""
+    rng = random.Random(EVAL_SEED)
+    settings = tokenpacker.SamplingSettings(max_new_tokens=6)
+    right = []
+    for i in range(60):
+        scene = random_scene(rng, **SPLITS["standard"])
+        kind, question, expected, _ = sample_question(scene, rng, QUESTION_TYPES[i % len(QUESTION_TYPES)])
+        text = default_model.ask(scene.render(), question, settings=settings).text
+        assert text in ANSWERS[kind], (question, text)
+        right.append(text == expected)
+    assert np.mean(right) >= SHIPPED_ACCURACY_60 - 0.05, np.mean(right)
+
+
+def test_evaluate_reports_per_type_accuracy(default_model):
+    report = evaluate(default_model, "standard", n=12, seed=EVAL_SEED + 1, grounding=False)
+    assert report["n"] == 12 and sum(report["per_type_n"].values()) == 12 and 0 <= report["accuracy"] <= 1
+    assert set(report["per_type"]) <= set(QUESTION_TYPES)
+
+
+def test_training_runs_end_to_end_and_is_reproducible(tmp_path):
+    """A few steps of both stages, twice with the same seed: identical checkpoints in the project's format."""
+    from safetensors.torch import load_file
+
+    from tokenpacker.synthetic.train import train
+
+    for name in ("a", "b"):
+        train(tmp_path / name, steps=2, vision_steps=2, warmup_steps=1, batch_size=2, max_turns=2, log_every=1)
+    first, second = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b"))
+    assert first.keys() == second.keys() and any(k.startswith("model.mm_projector.") for k in first)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    reloaded = tokenpacker.load(tmp_path / "a", device="cpu")
+    assert reloaded.config.patch_num == 9 and json.loads((tmp_path / "a" / "training.json").read_text())["steps"] == 2
