@@ -9,6 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from tokenpacker import AttentionRecorder
+from tokenpacker.capture import ATTENTION_IMPLEMENTATION
 from tokenpacker.layout import visual_sequence
 from tokenpacker.partition import num_visual_tokens
 
@@ -72,7 +73,7 @@ def run(quick: bool = False) -> dict:
     prefill_bytes = sum(a.numel() * a.element_size() for a in out.attentions)
     element = out.attentions[0].element_size()
     decode_bytes = sum(text.num_hidden_layers * text.num_attention_heads * (length + t) * element for t in range(1, steps + 1))
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(ATTENTION_IMPLEMENTATION)
     full = prefill_bytes + decode_bytes
     return {
         "summary": {

@@ -9,6 +9,7 @@ from transformers import LlavaConfig
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
 
 from tokenpacker import TokenPackerConfig, TokenPackerForCausalLM, TokenPackerProjector
+from tokenpacker.capture import ATTENTION_IMPLEMENTATION
 from tokenpacker.partition import num_visual_tokens
 
 TEXT_TOKENS = 60  # a vicuna_v1 prompt with a short question, as the LLaMA tokenizer counts it
@@ -41,7 +42,7 @@ def seven_b_shaped(layers: int = 2, aspect: str = "pad", dtype=torch.float32) ->
     torch.manual_seed(0)
     config = TokenPackerConfig(text_config=llm_7b_config(layers), vision_config=clip_l_config(), scale_factor=2,
                                image_aspect_ratio=aspect)  # fmt: skip
-    config.text_config._attn_implementation = "sdpa"
+    config.text_config._attn_implementation = ATTENTION_IMPLEMENTATION  # as `tokenpacker.load` sets it: SDPA + capture
     return TokenPackerForCausalLM(config).to(dtype).eval()
 
 

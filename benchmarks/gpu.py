@@ -72,6 +72,11 @@ def _ours(label: str, grid: tuple[int, int] | None, projector: str, steps: int) 
         out = model(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
         return cache, out.logits.argmax(-1), embeds.shape[1]
 
+    return {"label": label, **_time_generation(model, first_token, steps)}
+
+
+def _time_generation(model, first_token, steps: int) -> dict:
+    """Best-of-3 time to first token (`first_token() -> cache, token, length`), then `steps` greedy decode steps."""
     first_token()  # warm up
     state = {}
     ttft = min(_cuda_time(lambda: state.update(zip(("cache", "token", "length"), first_token()))) for _ in range(3))
@@ -83,8 +88,8 @@ def _ours(label: str, grid: tuple[int, int] | None, projector: str, steps: int) 
             token = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
 
     seconds = _cuda_time(decode)
-    return {"label": label, "sequence_length": state["length"], "ttft_s": ttft, "decode_tokens_per_s": steps / seconds,
-            "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
+    return {"sequence_length": state["length"], "ttft_s": ttft, "decode_tokens_per_s": steps / seconds,
+            "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 @torch.inference_mode()
@@ -104,21 +109,9 @@ def _transformers_llava(steps: int) -> dict:
     def first_token():
         cache = DynamicCache(config=config.text_config)
         out = model(input_ids=ids, pixel_values=pixels, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return cache, out.logits.argmax(-1)
+        return cache, out.logits.argmax(-1), ids.shape[1]
 
-    first_token()
-    state = {}
-    ttft = min(_cuda_time(lambda: state.update(zip(("cache", "token"), first_token()))) for _ in range(3))
-    cache, token = state["cache"], state["token"]
-
-    def decode():
-        nonlocal token
-        for _ in range(steps):
-            token = model(input_ids=token, past_key_values=cache, use_cache=True).logits[:, -1:].argmax(-1)
-
-    seconds = _cuda_time(decode)
-    return {"label": "transformers LlavaForConditionalGeneration (576)", "sequence_length": ids.shape[1], "ttft_s": ttft,
-            "decode_tokens_per_s": steps / seconds, "peak_vram_gib": torch.cuda.max_memory_allocated() / 2**30}  # fmt: skip
+    return {"label": "transformers LlavaForConditionalGeneration (576)", **_time_generation(model, first_token, steps)}
 
 
 def main(argv=None) -> None:

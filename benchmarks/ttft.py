@@ -66,9 +66,11 @@ def run(quick: bool = False) -> dict:
             }  # fmt: skip
             print(f"  {mode:7s} {name:15s} seq {length:5d}  TTFT {results[f'{mode}/{name}']['ttft_s']:.2f}s "
                   f"(32 layers {results[f'{mode}/{name}']['ttft_32_layers_s']:.2f}s)", flush=True)  # fmt: skip
-    summary = {"ttft_ratio_tp144_vs_mlp576": results["pad/tokenpacker_s2"]["ttft_s"] / results["pad/mlp_576"]["ttft_s"],
-               "ttft_32_layers_ratio_tp144_vs_mlp576": results["pad/tokenpacker_s2"]["ttft_32_layers_s"]
-               / results["pad/mlp_576"]["ttft_32_layers_s"]}  # fmt: skip
+    # The goal is about the 7B model, so the headline ratio is the 32-layer one (measured vision and projector,
+    # measured 2-layer prefill plus 30 x the measured per-layer prefill); the 2-layer ratio is kept alongside.
+    summary = {"ttft_ratio_tp144_vs_mlp576": results["pad/tokenpacker_s2"]["ttft_32_layers_s"]
+               / results["pad/mlp_576"]["ttft_32_layers_s"],
+               "ttft_2_layers_ratio_tp144_vs_mlp576": results["pad/tokenpacker_s2"]["ttft_s"] / results["pad/mlp_576"]["ttft_s"]}  # fmt: skip
     if "hd_3x3/mlp_576" in results:
         summary["hd_ttft_32_layers_ratio_tp144_vs_mlp576"] = (results["hd_3x3/tokenpacker_s2"]["ttft_32_layers_s"]
                                                             / results["hd_3x3/mlp_576"]["ttft_32_layers_s"])  # fmt: skip
