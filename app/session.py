@@ -21,7 +21,6 @@ class ChatSession:
     answers: list[Answer] = field(default_factory=list)  # answers[i] answers questions[i] once finished
     selected: int = -1  # the answer the "look inside" panel shows
     point: tuple[float, float] | None = None  # last clicked image point (original pixels)
-    streaming: Answer | None = None  # the answer being generated
     stop_requested: bool = False  # set by Stop; the decode loop checks it between tokens
 
     @property

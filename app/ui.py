@@ -168,7 +168,6 @@ def build(runtime: ModelRuntime) -> gr.Blocks:
                     for answer in runtime.pipeline.stream(s.image, s.history(), settings, max_tiles=tiles,
                                                           capture=s.image is not None,
                                                           should_stop=lambda: s.stop_requested):  # fmt: skip
-                        s.streaming = answer
                         yield s, s.messages(streaming=answer), gr.skip()
                 if s.image is None:
                     answer.notices.append("No image in this conversation: the answer comes from the text alone, "
@@ -187,8 +186,6 @@ def build(runtime: ModelRuntime) -> gr.Blocks:
                 _free_memory()
                 s.drop_pending()
                 yield s, s.messages() + [_error_note(f"generation failed ({type(e).__name__}: {e}); please try again")], ""
-            finally:
-                s.streaming = None
 
         def request_stop(s: ChatSession):
             # The running answer checks this flag before every token and ends itself as "stopped", keeping

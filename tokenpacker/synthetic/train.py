@@ -249,14 +249,14 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 200, warmup_steps: i
           patch_weight: float = 0.3, key_weight: float = 1.0, max_turns: int = 8, log_every: int = 25, save_every: int = 250) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower (colour, shape, object centres per
     patch). Stage 2: `steps` of MLLM training of the projector and the LLM on multi-turn conversations about
-    scenes, the tower frozen; the answers' loss plus a dense probe on the point tokens. The first
+    scenes, the tower frozen; the answers' loss, the same at each question's key word, and a dense probe on
+    the point tokens. The first
     `warmup_steps` use small canvases (few views: the LLM learns to find objects among 145-435 visual
     tokens before it meets 1450)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     started = time.time()
-    work = out.parent / (out.name + ".tokenizer")
-    tokenizer = LlamaTokenizer.train(tokenizer_corpus(), work, vocab_size=500, hard_vocab_limit=False)
+    tokenizer = LlamaTokenizer.train(tokenizer_corpus(), out, vocab_size=500, hard_vocab_limit=False)  # saved into `out`
     config = default_config(tokenizer)
     model = TokenPackerForCausalLM(config).train()
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers))
