@@ -41,8 +41,8 @@ def linear_probe_accuracy(features: torch.Tensor, targets: torch.Tensor, held_ou
                           steps: int = 300) -> float:  # fmt: skip
     """Accuracy on the `held_out` rows of a softmax-regression probe fitted on the others: (N, D) features,
     (N,) integer targets, (N,) bool."""
-    x = (features - features.mean(0)) / (features.std(0) + 1e-5)
     fit = ~held_out
+    x = (features - features[fit].mean(0)) / (features[fit].std(0) + 1e-5)  # statistics of the fitted rows only
     weight = torch.zeros(x.shape[1], classes, requires_grad=True)
     bias = torch.zeros(classes, requires_grad=True)
     optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
