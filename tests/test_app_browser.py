@@ -184,11 +184,18 @@ def test_stop_really_stops_and_the_app_keeps_serving(browser, slow_app):
     tokens = page.locator("#ask").locator("xpath=ancestor::div[contains(@class,'column')]").get_by_label("Max new tokens").first
     tokens.fill("1024")
     tokens.press("Enter")
+    # The slider's own range input follows once the value is committed; asking before that would answer with
+    # the default 64 tokens, which can end before Stop is pressed.
+    slider = tokens.locator("xpath=ancestor::div[.//input[@type='range']][1]").locator("input[type=range]")
+    page.wait_for_function("el => el.value === '1024'", arg=slider.element_handle(), timeout=10_000)
     _ask(page, "Describe the picture in detail", ROOT / "assets" / "examples" / "shapes.png")
     _assistant_messages(page).first.wait_for(timeout=60_000)
     page.wait_for_timeout(1500)
     page.locator("#stop").click()
-    page.locator("#chat").get_by_text("(stopped)").wait_for(timeout=30_000)
+    try:
+        page.locator("#chat").get_by_text("(stopped)").wait_for(timeout=30_000)
+    except Exception as e:  # say how the answer ended (e.g. '64 tokens': it finished before Stop)
+        raise AssertionError(f"no '(stopped)' in the chat; status: {page.locator('#status').inner_text()!r}") from e
     stopped_text = _assistant_messages(page).last.inner_text()
     time.sleep(2)
     assert _assistant_messages(page).last.inner_text() == stopped_text  # nothing more arrives
