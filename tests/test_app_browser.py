@@ -90,7 +90,7 @@ def _shot(page, name: str) -> None:
 
 def _set_slider(number_box, value: str) -> None:
     """Type into a slider's number box until the slider's range input shows the value. A fill right after the
-    settings accordion opens is sometimes dropped (1 run in ~10 here), and the answer then runs with the default
+    settings accordion opens is sometimes dropped (about 1 run in 6-10 here), and the answer then runs with the default
     64 tokens: short enough to end before Stop is pressed."""
     slider = number_box.locator("xpath=ancestor::div[.//input[@type='range']][1]").locator("input[type=range]")
     for _ in range(5):
