@@ -60,9 +60,7 @@ def render(runtime, s: ChatSession, pick, mode_value, item_value, first, last, r
     view_labels = [f"{v.index}: {v.name}" for v in trace.layout.views]
     view_value = view_value if view_value in view_labels else view_labels[0]
     view_index = int(view_value.split(":")[0])
-    pixel_values = runtime.pipeline.image_processor(image, max_tiles=_tile_limit(answer)).pixel_values
-    config = runtime.pipeline.config
-    pictures = views.view_images(pixel_values, config.image_mean, config.image_std)
+    pictures = view_pictures(runtime, s, answer)
     region_title, region_grid = views.view_region_map(trace, view_index)
     rows = views.candidate_rows(trace)
     which_value = which_value if (which_value == "tiles" or len(trace.layout.views) > 1) else "tiles"
@@ -94,9 +92,15 @@ def render(runtime, s: ChatSession, pick, mode_value, item_value, first, last, r
     )
 
 
-def _tile_limit(answer: Answer) -> int | None:
-    """The views of an answer are re-cut with the tile count it was answered with."""
-    return answer.grid[0] * answer.grid[1] if answer.grid else None
+def view_pictures(runtime, s: ChatSession, answer: Answer) -> list:
+    """What each view of `answer` saw: the session's image re-cut with the tile count the answer was given,
+    kept in the session (re-cutting a large image takes about 0.4 s; every widget change re-renders)."""
+    tiles = answer.grid[0] * answer.grid[1] if answer.grid else None
+    if tiles not in s.view_pictures:
+        config = runtime.pipeline.config
+        pixel_values = runtime.pipeline.image_processor(s.image, max_tiles=tiles).pixel_values
+        s.view_pictures[tiles] = views.view_images(pixel_values, config.image_mean, config.image_std)
+    return s.view_pictures[tiles]
 
 
 def figure_png(runtime, s: ChatSession, figure, mode_value, item_value, first, last, reduce_value, which_value, view_value):
@@ -117,9 +121,7 @@ def figure_png(runtime, s: ChatSession, figure, mode_value, item_value, first, l
         return str(export.overlay_png(views.partition(image, trace), name, directory))
     if figure == "region map":
         view_index = int(str(view_value).split(":")[0]) if view_value else 0
-        config = runtime.pipeline.config
-        pixels = runtime.pipeline.image_processor(image, max_tiles=_tile_limit(answer)).pixel_values
-        picture = views.view_images(pixels[view_index : view_index + 1], config.image_mean, config.image_std)[0]
+        picture = view_pictures(runtime, s, answer)[view_index]
         title, grid = views.view_region_map(trace, view_index)
         return str(export.region_map_png(title, grid, picture, trace.scale_factor, name, directory))
     hit = views.tokens_at(trace, *s.point) if s.point else []

@@ -22,6 +22,7 @@ class ChatSession:
     selected: int = -1  # the answer the "look inside" panel shows
     point: tuple[float, float] | None = None  # last clicked image point (original pixels)
     stop_requested: bool = False  # set by Stop; the decode loop checks it between tokens
+    view_pictures: dict = field(default_factory=dict)  # tile limit -> what each view of `image` saw (inspector cache)
 
     @property
     def pending(self) -> str | None:
@@ -38,6 +39,7 @@ class ChatSession:
     def ask(self, question: str, image: Image.Image | None = None, image_path: str | None = None) -> None:
         if image is not None:
             self.image, self.image_path = image, image_path
+            self.view_pictures = {}
         self.questions.append(question)
         self.stop_requested = False  # a Stop pressed while this answer waits in the queue still counts
 

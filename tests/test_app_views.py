@@ -117,3 +117,29 @@ def test_figures_and_pngs(answered, tmp_path):
     for path in (export.overlay_png(heat, "heat", tmp_path), export.region_png(views.region_detail(trace, 0), "region", tmp_path),
                  export.scores_png(views.candidate_rows(trace), "scores", tmp_path)):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_view_pictures_are_cut_once_per_image_and_tile_count(answered, hd_model):
+    """The inspector re-renders on every widget change; the views' pictures are cut once and kept in the session
+    (for its current image and the answer's tile count), and a new image starts afresh."""
+    from types import SimpleNamespace
+
+    from app.inspector import view_pictures
+
+    session, answer, image = answered
+    calls = []
+
+    def processor(picture, max_tiles=None):
+        calls.append(max_tiles)
+        return hd_model.image_processor(picture, max_tiles=max_tiles)
+
+    runtime = SimpleNamespace(pipeline=SimpleNamespace(config=hd_model.config, image_processor=processor))
+    s = ChatSession(image=image, questions=list(session.questions), answers=list(session.answers))
+    first = view_pictures(runtime, s, answer)
+    assert view_pictures(runtime, s, answer) is first and calls == [answer.grid[0] * answer.grid[1]]
+    expected = views.view_images(hd_model.image_processor(image, max_tiles=calls[0]).pixel_values,
+                                 hd_model.config.image_mean, hd_model.config.image_std)  # fmt: skip
+    assert len(first) == len(answer.trace.layout.views) == len(expected)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(first, expected))
+    s.ask("and now?", scene(640, 480, seed=3), "/tmp/y.png")
+    assert s.view_pictures == {}
