@@ -97,8 +97,10 @@ class ExampleMaker:
             spans.append((start, end, kinds[i]))
             key = self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(key_word(kinds[i], turn.question))[0])
             found = [p for p in range(start - 1, previous_end, -1) if ids[p] == key]
+            # the answer's first informative token: a digit comes as '▁', '3', and the key word targets the '3'
+            first = next(p for p in range(start, end) if self.tokenizer.id_to_piece(ids[p]) != "▁")
             if found:
-                keys.append((found[0], ids[start]))
+                keys.append((found[0], ids[first]))
             previous_end = end
         return prepared, ids, (spans, keys), labels
 
@@ -142,48 +144,87 @@ def patch_labels(scene, views, grid: int, samples: int = 4) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-class PatchHead(torch.nn.Module):
-    """Training-only probe: predicts each patch's colour and shape from the multi-level features."""
+def boundary(colors: torch.Tensor) -> torch.Tensor:
+    """(V, R, R) bool: object patches with a differently labelled 8-neighbour (the edge of the view counts as
+    the same), where an object's outline, and so its shape, is in view."""
+    R = colors.shape[-1]
+    padded = F.pad(colors[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
+    edge = torch.zeros_like(colors, dtype=torch.bool)
+    for dy in range(3):
+        for dx in range(3):
+            edge |= padded[:, dy : dy + R, dx : dx + R] != colors
+    return edge & (colors > 0)
 
-    def __init__(self, width: int):
+
+class PatchHead(torch.nn.Module):
+    """Training-only read-out of the tower's multi-level features per patch (stage 1): colour and object centre
+    linearly, shape through a small MLP. With a linear shape read-out the tower never learns shape in the
+    steps we can afford (outline accuracy stays at chance); through the MLP it does, and then a linear probe
+    reads shape from its features too (what the projector and the LLM need)."""
+
+    def __init__(self, width: int, hidden: int = 256):
         super().__init__()
         self.colors = torch.nn.Linear(width, 1 + len(COLORS))
-        self.shapes = torch.nn.Linear(width, 1 + len(SHAPES))
         self.centres = torch.nn.Linear(width, 2)
+        self.shapes = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
+                                          torch.nn.GELU(), torch.nn.Linear(hidden, len(SHAPES)))  # fmt: skip
 
-    def loss(self, multi_level: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """multi_level: (V, R*R, L*C); labels: (V, 3, R, R)."""
+    def loss(self, multi_level: torch.Tensor, labels: torch.Tensor, shape_only: bool = False) -> torch.Tensor:
+        """multi_level: (V, R*R, L*C); labels: (V, 3, R, R). Shape on the objects' outline patches only (inside
+        a big object a patch cannot see the outline: a target it cannot meet drowns the signal); colour over
+        every patch, the background (most of a view) weighted 0.2; object centres."""
+        x = multi_level.flatten(0, 1)
         colors, shapes, centres = labels.flatten(2).unbind(1)  # (V, R*R) each
-        return sum(F.cross_entropy(probe(multi_level).flatten(0, 1).float(), target.reshape(-1))
-                   for probe, target in ((self.colors, colors), (self.shapes, shapes), (self.centres, centres)))  # fmt: skip
+        colors, shapes, centres = colors.reshape(-1), shapes.reshape(-1), centres.reshape(-1)
+        edge = boundary(labels[:, 0]).reshape(-1)
+        shape_loss = F.cross_entropy(self.shapes(x[edge]).float(), shapes[edge] - 1) if edge.any() else x.sum() * 0
+        if shape_only:
+            return shape_loss
+        weight = torch.where(colors > 0, 1.0, 0.2)
+        color_loss = (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum()
+        return shape_loss + color_loss + F.cross_entropy(self.centres(x).float(), centres)
+
+    @torch.no_grad()
+    def accuracy(self, multi_level: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        """(colour accuracy on object patches, shape accuracy on outline patches)."""
+        x = multi_level.flatten(0, 1)
+        colors, shapes = labels[:, 0].reshape(-1), labels[:, 1].reshape(-1)
+        objects, edge = colors > 0, boundary(labels[:, 0]).reshape(-1)
+        color_right = (self.colors(x[objects]).argmax(-1) == colors[objects]).float().mean().item()
+        shape_right = (self.shapes(x[edge]).argmax(-1) == shapes[edge] - 1).float().mean().item()
+        return color_right, shape_right
 
 
 class TokenHead(torch.nn.Module):
-    """Training-only probe on the projector's point tokens: what lies in each token's s x s region."""
+    """Training-only linear probe on the projector's point tokens (stage 2): what lies in each token's s x s
+    region (colour, shape, object centre; 0 = background). Linear, so the LLM's attention can match on it."""
 
     def __init__(self, width: int, scale: int):
         super().__init__()
         self.scale = scale
-        self.probe = PatchHead(width)
+        self.colors = torch.nn.Linear(width, 1 + len(COLORS))
+        self.shapes = torch.nn.Linear(width, 1 + len(SHAPES))
+        self.centres = torch.nn.Linear(width, 2)
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """tokens: (V, G*G, H); labels: (V, 3, R, R) pooled to (V, 3, G, G) by the region maximum."""
-        return self.probe.loss(tokens, F.max_pool2d(labels.float(), self.scale).long())
+        colors, shapes, centres = F.max_pool2d(labels.float(), self.scale).long().flatten(2).unbind(1)  # (V, G*G) each
+        return sum(F.cross_entropy(probe(tokens).flatten(0, 1).float(), target.reshape(-1))
+                   for probe, target in ((self.colors, colors), (self.shapes, shapes), (self.centres, centres)))  # fmt: skip
 
 
-def batch_loss(model: TokenPackerForCausalLM, heads: tuple[PatchHead, TokenHead], examples):
+def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts; the same at each question's key word for the answer's first token; the dense probes' losses on
-    the same views (CLIP patches and point tokens); and, per answer, (question type, whether every answer
-    token was the argmax) to watch training."""
-    head, token_head = heads
+    the same views' point tokens; and, per answer, (question type, whether every answer token was the
+    argmax) to watch training."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
     tower = model.model.vision_tower
     with torch.set_grad_enabled(any(p.requires_grad for p in tower.parameters())):
         features, multi_level = tower(views)
     tokens = model.model.mm_projector(features, multi_level).tokens  # (all views, G*G, H)
     dense = torch.cat([labels for *_, labels in examples])
-    patch_loss = head.loss(multi_level, dense) + token_head.loss(tokens, dense)
+    patch_loss = token_head.loss(tokens, dense)
     sequences, targets, answers, keys, offset = [], [], [], [], 0
     for prepared, ids, (spans, key_targets), _ in examples:
         count = prepared.pixel_values.shape[0]
@@ -217,34 +258,39 @@ def batch_loss(model: TokenPackerForCausalLM, heads: tuple[PatchHead, TokenHead]
 
 
 def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "ExampleMaker", rng: random.Random,
-                    steps: int, batch_size: int, lr: float, log_every: int) -> None:  # fmt: skip
-    """Stage 1: the vision tower learns dense patch features (colour and shape per patch) on single scenes."""
+                    steps: int, shape_steps: int, batch_size: int, lr: float, log_every: int) -> None:  # fmt: skip
+    """Stage 1: the vision tower learns dense patch features on single scenes, in fp32. The first `shape_steps`
+    learn shape alone on small canvases with big objects (outlines spanning several patches): colour is so
+    much easier that, trained together from the start, it crowds shape out. Then colour and object centres
+    join, on small canvases and the task's full range half and half."""
     params = list(model.model.vision_tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     start, history = time.time(), []
     for step in range(steps):
-        batch = [make.views_and_labels(rng) for _ in range(batch_size)]
+        shape_only = step < shape_steps
+        splits = [WARMUP_SPLIT if shape_only or rng.random() < 0.5 else SPLITS["standard"] for _ in range(batch_size)]
+        batch = [make.views_and_labels(rng, split) for split in splits]
         views = torch.cat([v for v, _ in batch])
         labels = torch.cat([lab for _, lab in batch])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _, multi_level = model.model.vision_tower(views)
-            loss = head.loss(multi_level, labels)
+        _, multi_level = model.model.vision_tower(views)
+        loss = head.loss(multi_level, labels, shape_only)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / 50)
         optimizer.step()
-        history.append(loss.item())
+        history.append((loss.item(), *head.accuracy(multi_level.detach(), labels)))  # on data not yet trained on
         if (step + 1) % log_every == 0:
-            print(f"vision step {step + 1}/{steps}  patch loss {np.mean(history[-log_every:]):.4f}  "
-                  f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
+            loss_, color, shape = np.mean(history[-log_every:], axis=0)
+            print(f"vision step {step + 1}/{steps}  patch loss {loss_:.4f}  object colour acc {color:.3f}  "
+                  f"outline shape acc {shape:.3f}  {time.time() - start:.0f}s", flush=True)  # fmt: skip
 
 
 WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # few views, big objects
 
 
-def train(out: Path, steps: int = 1900, vision_steps: int = 200, warmup_steps: int = 1400, seed: int = TRAIN_SEED,
+def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: int = 800, warmup_steps: int = 1400, seed: int = TRAIN_SEED,
           batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, max_turns: int = 8, log_every: int = 25, save_every: int = 250) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower (colour, shape, object centres per
@@ -263,7 +309,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 200, warmup_steps: i
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor)
     make = ExampleMaker(tokenizer, config, max_turns=max_turns)
 
-    pretrain_vision(model, head, make, rng, vision_steps, batch_size=6, lr=vision_lr, log_every=log_every)
+    pretrain_vision(model, head, make, rng, vision_steps, shape_steps, batch_size=6, lr=vision_lr, log_every=log_every)
     model.model.vision_tower.requires_grad_(False)
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
     model.train()
@@ -286,7 +332,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 200, warmup_steps: i
             split = SPLITS["small"] if rng.random() < small_share else SPLITS["standard"]
         examples = [make(rng, split) for _ in range(batch_size)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            answer_loss, key_loss, patch_loss, batch_scores = batch_loss(model, (head, token_head), examples)
+            answer_loss, key_loss, patch_loss, batch_scores = batch_loss(model, token_head, examples)
         loss = answer_loss + key_weight * key_loss + patch_weight * patch_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -304,7 +350,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 200, warmup_steps: i
             pipeline.save_pretrained(out)  # a usable checkpoint at every stage of a long run
 
     recent = np.mean(history[-log_every:], axis=0)
-    summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "warmup_steps": warmup_steps,
+    summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight, "torch": torch.__version__,
                "seconds_total": round(time.time() - started), "seconds_stage2": round(time.time() - stage2),
@@ -330,14 +376,16 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("assets/default-model"))
     parser.add_argument("--steps", type=int, default=1900, help="MLLM steps (stage 2)")
-    parser.add_argument("--vision-steps", type=int, default=200, help="dense vision pretraining steps (stage 1)")
+    parser.add_argument("--vision-steps", type=int, default=1600, help="dense vision pretraining steps (stage 1)")
+    parser.add_argument("--shape-steps", type=int, default=800, help="first stage-1 steps that learn shape alone")
     parser.add_argument("--warmup-steps", type=int, default=1400, help="first MLLM steps on small canvases")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=8e-4, help="MLLM peak learning rate (2e-3 diverges)")
     parser.add_argument("--vision-lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
-    train(args.out, args.steps, args.vision_steps, args.warmup_steps, args.seed, args.batch_size, args.lr, args.vision_lr)
+    train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps, warmup_steps=args.warmup_steps,
+          seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr)
 
 
 if __name__ == "__main__":
