@@ -7,7 +7,8 @@ projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece toke
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
 the same checkpoint on the same machine. The defaults ran in 57 minutes (3444 s) on the project's 2-core CPU.
 
-Stage 1 teaches the tower dense patch features (colour, shape, object centre per patch). Stage 2 freezes it
+Stage 1 teaches the tower dense patch features (shape alone first, through an MLP read-out; then colour and
+object centre per patch as well). Stage 2 freezes it
 and trains the projector and the LLM on multi-turn conversations, first on small canvases (few views), then on
 the task's full range of canvases, with two auxiliary losses: a dense probe on the point tokens, and the
 answer's first token predicted already at the question's key word (intermediate supervision).
@@ -290,14 +291,13 @@ def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "Examp
 WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # few views, big objects
 
 
-def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: int = 800, warmup_steps: int = 1400, seed: int = TRAIN_SEED,
-          batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
+def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: int = 800, warmup_steps: int = 1400,
+          seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, max_turns: int = 8, log_every: int = 25, save_every: int = 250) -> TokenPackerPipeline:  # fmt: skip
-    """Stage 1: `vision_steps` of dense patch pretraining of the tower (colour, shape, object centres per
-    patch). Stage 2: `steps` of MLLM training of the projector and the LLM on multi-turn conversations about
+    """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone,
+    then colour and object centres as well (see `pretrain_vision`). Stage 2: `steps` of MLLM training of the projector and the LLM on multi-turn conversations about
     scenes, the tower frozen; the answers' loss, the same at each question's key word, and a dense probe on
-    the point tokens. The first
-    `warmup_steps` use small canvases (few views: the LLM learns to find objects among 145-435 visual
+    the point tokens. The first `warmup_steps` use small canvases (few views: the LLM learns to find objects among 145-435 visual
     tokens before it meets 1450)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -384,8 +384,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=8e-4, help="MLLM peak learning rate (2e-3 diverges)")
     parser.add_argument("--vision-lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
-    train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps, warmup_steps=args.warmup_steps,
-          seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr)
+    train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
+          warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr)
 
 
 if __name__ == "__main__":
