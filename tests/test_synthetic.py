@@ -159,7 +159,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path):
     from tokenpacker.synthetic.train import train
 
     for name in ("a", "b"):
-        train(tmp_path / name, steps=2, vision_steps=2, shape_steps=1, projector_steps=1, warmup_steps=1, batch_size=2, max_turns=2, log_every=1)
+        train(tmp_path / name, steps=2, vision_steps=2, shape_steps=1, projector_steps=2, projector_color_steps=1, warmup_steps=1, batch_size=2, max_turns=2, log_every=1)
     first, second = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b"))
     assert first.keys() == second.keys() and any(k.startswith("model.mm_projector.") for k in first)
     assert all(torch.equal(first[k], second[k]) for k in first)

@@ -20,4 +20,4 @@ if v == "coloronly":
         return (F.cross_entropy(head.colors(x).float(), colors, reduction="none") * w).sum() / w.sum()
     head.loss = loss
 make = T.ExampleMaker(trained.tokenizer, model.config)
-T.pretrain_projector(model, head, make, rng, int(sys.argv[1]), batch_size=6, lr=float(os.environ.get("LR", 1e-3)), log_every=50)
+T.pretrain_projector(model, head, make, rng, int(sys.argv[1]), int(os.environ.get("COLOR_STEPS", 200)), batch_size=6, lr=float(os.environ.get("LR", 1e-3)), log_every=50)

@@ -207,16 +207,19 @@ class TokenHead(torch.nn.Module):
         self.shapes = torch.nn.Linear(width, 1 + len(SHAPES))
         self.centres = torch.nn.Linear(width, 2)
 
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, color_only: bool = False) -> torch.Tensor:
         """tokens: (V, G*G, H); labels: (V, 3, R, R) pooled to (V, 3, G, G) by the region maximum. Colour over
         every token, the background weighted 0.2; shape over the object tokens only (over all tokens the
-        background class dominates and the loss is met without shape); object centres."""
+        background class dominates and the loss is met without shape); object centres. `color_only`: the
+        colour term alone (stage 1b starts with it: learnt beside shape from the start, colour is crowded out)."""
         x = tokens.flatten(0, 1)
         colors, shapes, centres = F.max_pool2d(labels.float(), self.scale).long().flatten(2).unbind(1)  # (V, G*G) each
         colors, shapes, centres = colors.reshape(-1), shapes.reshape(-1), centres.reshape(-1)
         objects = colors > 0
         weight = torch.where(objects, 1.0, 0.2)
         color_loss = (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum()
+        if color_only:
+            return color_loss
         shape_loss = F.cross_entropy(self.shapes(x[objects]).float(), shapes[objects]) if objects.any() else x.sum() * 0
         return color_loss + shape_loss + F.cross_entropy(self.centres(x).float(), centres)
 
@@ -306,22 +309,25 @@ def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "Examp
                   f"outline shape acc {shape:.3f}  {time.time() - start:.0f}s", flush=True)  # fmt: skip
 
 
-def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, make: "ExampleMaker",
-                       rng: random.Random, steps: int, batch_size: int, lr: float, log_every: int) -> None:  # fmt: skip
+def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, make: "ExampleMaker", rng: random.Random,
+                       steps: int, color_steps: int, batch_size: int, lr: float, log_every: int, gate: float = 0.9) -> None:  # fmt: skip
     """Stage 1b: the projector learns to carry what the frozen tower sees (colour, shape, centres) into its point
-    tokens, through the linear TokenHead. Without it the tower's shape (linear probe 0.82) reached the point
-    tokens at 0.36 after all of stage 2: the LLM's loss alone never pulled it through."""
+    tokens, through the linear TokenHead: colour alone for `color_steps`, then all three until the object
+    tokens' colour and shape accuracy (mean over the last `log_every` steps) both pass `gate`, at most `steps`
+    in all. Without this stage the tower's shape (linear probe 0.82) reached the point tokens at 0.36 after
+    all of stage 2; with colour and shape learnt together from the start, shape crowded colour out (0.27)."""
     params = list(model.model.mm_projector.parameters()) + list(token_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     start, history = time.time(), []
     for step in range(steps):
+        color_only = step < color_steps
         batch = [make.views_and_labels(rng, WARMUP_SPLIT if rng.random() < 0.5 else None) for _ in range(batch_size)]
         views = torch.cat([v for v, _ in batch])
         labels = torch.cat([lab for _, lab in batch])
         with torch.no_grad():
             features, multi_level = model.model.vision_tower(views)
         tokens = model.model.mm_projector(features, multi_level).tokens  # (V, G*G, H)
-        loss = token_head.loss(tokens, labels)
+        loss = token_head.loss(tokens, labels, color_only)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -331,14 +337,18 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
         history.append((loss.item(), *token_head.accuracy(tokens.detach(), labels)))
         if (step + 1) % log_every == 0:
             loss_, color, shape = np.mean(history[-log_every:], axis=0)
-            print(f"projector step {step + 1}/{steps}  token loss {loss_:.4f}  object colour acc {color:.3f}  "
-                  f"object shape acc {shape:.3f}  {time.time() - start:.0f}s", flush=True)  # fmt: skip
+            print(f"projector step {step + 1}/{steps}{' (colour only)' if color_only else ''}  token loss {loss_:.4f}  "
+                  f"object colour acc {color:.3f}  object shape acc {shape:.3f}  {time.time() - start:.0f}s", flush=True)  # fmt: skip
+            if not color_only and color > gate and shape > gate:
+                print(f"projector: colour and shape past {gate} after {step + 1} steps", flush=True)
+                return
+    print(f"projector: gate {gate} not reached in {steps} steps", flush=True)
 
 
 WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # few views, big objects
 
 
-def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: int = 800, projector_steps: int = 300,
+def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: int = 800, projector_steps: int = 1000, projector_color_steps: int = 200,
           warmup_steps: int = 1400, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, max_turns: int = 8, log_every: int = 25, save_every: int = 250) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone,
@@ -358,7 +368,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
 
     pretrain_vision(model, head, make, rng, vision_steps, shape_steps, batch_size=6, lr=vision_lr, log_every=log_every)
     model.model.vision_tower.requires_grad_(False)
-    pretrain_projector(model, token_head, make, rng, projector_steps, batch_size=6, lr=vision_lr, log_every=log_every)
+    pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr, log_every=log_every)
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
     model.train()
 
@@ -398,7 +408,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
             pipeline.save_pretrained(out)  # a usable checkpoint at every stage of a long run
 
     recent = np.mean(history[-log_every:], axis=0)
-    summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "warmup_steps": warmup_steps,
+    summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight, "torch": torch.__version__,
                "seconds_total": round(time.time() - started), "seconds_stage2": round(time.time() - stage2),
@@ -426,7 +436,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=1900, help="MLLM steps (stage 2)")
     parser.add_argument("--vision-steps", type=int, default=1600, help="dense vision pretraining steps (stage 1)")
     parser.add_argument("--shape-steps", type=int, default=800, help="first stage-1 steps that learn shape alone")
-    parser.add_argument("--projector-steps", type=int, default=300, help="dense projector pretraining steps (stage 1b)")
+    parser.add_argument("--projector-steps", type=int, default=1000, help="most dense projector pretraining steps (stage 1b)")
+    parser.add_argument("--projector-color-steps", type=int, default=200, help="stage 1b's first steps, on colour alone")
     parser.add_argument("--warmup-steps", type=int, default=1400, help="first MLLM steps on small canvases")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -434,7 +445,7 @@ def main(argv=None) -> None:
     parser.add_argument("--vision-lr", type=float, default=1e-3)
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
-          projector_steps=args.projector_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr)
+          projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr)
 
 
 if __name__ == "__main__":
