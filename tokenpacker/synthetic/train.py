@@ -24,10 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ..configuration import TokenPackerConfig
+from ..configuration import IMAGE_TOKEN_INDEX, TokenPackerConfig
 from ..conversation import SYSTEM_PROMPT, Turn, build_prompt
 from ..image_processing import ImageProcessor
+from ..layout import build_layout
+from ..loading import load
 from ..modeling import TokenPackerForCausalLM
 from ..pipeline import TokenPackerPipeline
 from ..tokenizer import LlamaTokenizer
@@ -73,6 +78,7 @@ class ExampleMaker:
         self.processor = ImageProcessor(config)
         self.max_turns = max_turns
         self.grid = config.raw_grid
+        self.point_grid = config.point_grid
 
     def views_and_labels(self, rng: random.Random, split: dict | None = None):
         scene = random_scene(rng, **(split or SPLITS["standard"]))
@@ -80,30 +86,40 @@ class ExampleMaker:
         return prepared.pixel_values, patch_labels(scene, prepared.views, self.grid)
 
     def __call__(self, rng: random.Random, split: dict):
+        """-> (prepared image, prompt ids, (answer spans, key words, answer rows), dense labels). An answer span
+        is (start, end, kind) in `ids`; a key word is (its position in `ids`, the answer's first informative
+        token, the sequence positions it should attend to: its objects' point tokens and <s>); an answer row is
+        (position in `ids` of the token that predicts the answer's first informative token, its key word's
+        position in `ids`). Sequence positions count the visual embeddings that replace the placeholder."""
         scene = random_scene(rng, **split)
-        turns, kinds = [], []
+        turns, asked = [], []
         for _ in range(rng.randint(1, self.max_turns)):
             kind, question, answer, _ = sample_question(scene, rng, rng.choice(QUESTION_TYPES))
             if all(t.question != question for t in turns):
                 turns.append(Turn(question, answer))
-                kinds.append(kind)
+                asked.append((kind, question, answer))
         prepared = self.processor(scene.render())
         labels = patch_labels(scene, prepared.views, self.grid)
         ids = self.tokenizer.encode_with_image(build_prompt(turns))
-        spans, keys, previous_end = [], [], 0
-        for i, turn in enumerate(turns):  # each answer (and its </s>) extends the tokens of its prompt
+        layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, self.point_grid,
+                              start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
+        masks = token_masks(labels, prepared.views, self.point_grid)
+        spans, keys, rows, previous_end = [], [], [], 0
+        for i, (turn, (kind, question, answer)) in enumerate(zip(turns, asked)):  # each answer (and its </s>) extends its prompt's tokens
             start = len(self.tokenizer.encode_with_image(build_prompt(turns[:i] + [Turn(turn.question)])))
             end = len(self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])))
             assert ids[:end] == self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])), "prefix mismatch"
-            spans.append((start, end, kinds[i]))
-            key = self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(key_word(kinds[i], turn.question))[0])
+            spans.append((start, end, kind))
+            key = self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(key_word(kind, question))[0])
             found = [p for p in range(start - 1, previous_end, -1) if ids[p] == key]
             # the answer's first informative token: a digit comes as '▁', '3', and the key word targets the '3'
             first = next(p for p in range(start, end) if self.tokenizer.id_to_piece(ids[p]) != "▁")
             if found:
-                keys.append((found[0], ids[first]))
+                objects = layout.positions[attention_target(kind, question, answer, masks, layout)]
+                keys.append((found[0], ids[first], np.concatenate([[0], objects])))  # 0: <s>, the "nothing" sink
+                rows.append((first - 1, found[0]))
             previous_end = end
-        return prepared, ids, (spans, keys), labels
+        return prepared, ids, (spans, keys, rows), labels
 
 
 def key_word(kind: str, question: str) -> str:
@@ -115,6 +131,48 @@ def key_word(kind: str, question: str) -> str:
     if kind == "shape":
         return words[-2]
     return words[-1]
+
+
+def token_masks(labels: torch.Tensor, views, point_grid: int) -> dict[str, np.ndarray]:
+    """Point-token masks (V, G, G) from dense patch labels (V, 3, R, R): a token shows what any patch of its
+    s x s region shows. 'color{c}' / 'shape{k}' (1-based indices), 'centre' and 'centre{k}' (the patch holding
+    an object's centre, of shape k), and per view 'global' (the thumbnail, or the only view) / 'local' (the
+    tiles, or the only view)."""
+    scale = labels.shape[-1] // point_grid
+    pooled = lambda m: m.reshape(len(views), point_grid, scale, point_grid, scale).any(axis=(2, 4))
+    colors, shapes, centres = labels[:, 0].numpy(), labels[:, 1].numpy(), labels[:, 2].numpy()
+    masks = {f"color{c}": pooled(colors == c) for c in range(1, len(COLORS) + 1)}
+    masks |= {f"shape{k}": pooled(shapes == k) for k in range(1, len(SHAPES) + 1)}
+    masks |= {f"centre{k}": pooled((centres == 1) & (shapes == k)) for k in range(1, len(SHAPES) + 1)}
+    masks["centre"] = pooled(centres == 1)
+    single = len(views) == 1
+    masks["global"] = np.array([single or v.kind == "global" for v in views])
+    masks["local"] = np.array([single or v.kind != "global" for v in views])
+    return masks
+
+
+def attention_target(kind: str, question: str, answer: str, masks: dict[str, np.ndarray], layout) -> np.ndarray:
+    """Which of the layout's point tokens a question's key word should attend to (a bool per token): the
+    object asked about in every view (colour, shape, exists-yes), in the global view only (where: position
+    is read there), the centre tokens of the objects counted in the tiles (count), none (exists-no)."""
+    words = question.rstrip("?").split()
+    color = lambda name: masks[f"color{1 + list(COLORS).index(name)}"]
+    shape = lambda name: masks[f"shape{1 + SHAPES.index(name.removesuffix('s'))}"]
+    if kind == "color":
+        mask = shape(words[-1])
+    elif kind == "shape":
+        mask = color(words[-2])
+    elif kind == "count":
+        mask = masks["centre"] & masks["local"][:, None, None]
+    elif kind == "count_shape":
+        mask = masks[f"centre{1 + SHAPES.index(words[2].removesuffix('s'))}"] & masks["local"][:, None, None]
+    elif kind == "exists" and answer == "no":
+        mask = np.zeros_like(masks["centre"])
+    elif kind == "where":
+        mask = color(words[-2]) & shape(words[-1]) & masks["global"][:, None, None]
+    else:  # exists, yes: 'Is there a red circle'
+        mask = color(words[-2]) & shape(words[-1])
+    return mask[layout.view_index, layout.gy, layout.gx]
 
 
 def patch_labels(scene, views, grid: int, samples: int = 4) -> torch.Tensor:
@@ -235,11 +293,51 @@ class TokenHead(torch.nn.Module):
         return color_right, shape_right
 
 
+TRAINING_ATTENTION = "tokenpacker_training_sdpa"
+KEY_LAYER, ANSWER_LAYER = 1, 2  # where head 0 is taught to find the key word's objects / the answer its key word
+
+
+class AttentionProbe:
+    """Training-only: head 0's log-attention at chosen (batch row, query position) pairs of chosen layers, kept
+    differentiable so that it can be supervised (the retrieval is taught, not waited for)."""
+
+    def __init__(self, queries: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+        self.queries = queries  # layer -> (batch rows (Q,), query positions (Q,))
+        self.log_probs: dict[int, torch.Tensor] = {}  # layer -> (Q, T)
+
+
+def training_sdpa(module, query, key, value, attention_mask, attention_probe=None, **kwargs):
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    layer = getattr(module, "layer_idx", None)
+    if attention_probe is not None and layer in attention_probe.queries:
+        rows, positions = attention_probe.queries[layer]
+        scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
+        logits = torch.einsum("qd,qtd->qt", query[rows, 0, positions].float(), key[rows, 0].float()) * scaling
+        future = torch.arange(key.shape[2], device=key.device)[None, :] > positions[:, None]
+        attention_probe.log_probs[layer] = logits.masked_fill(future, float("-inf")).log_softmax(-1)
+    return out
+
+
+AttentionInterface.register(TRAINING_ATTENTION, training_sdpa)
+AttentionMaskInterface.register(TRAINING_ATTENTION, sdpa_mask)
+
+
+def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray]) -> tuple[torch.Tensor, float]:
+    """-log of the attention mass that each row of (Q, T) log-attention puts on its target positions (the
+    mass, not a uniform spread: one of a big object's tokens is as good as all of them), and the mean mass."""
+    on_target = torch.zeros_like(log_probs, dtype=torch.bool)
+    for i, positions in enumerate(targets):
+        on_target[i, torch.as_tensor(positions)] = True
+    log_mass = log_probs.masked_fill(~on_target, float("-inf")).logsumexp(-1)  # (Q,)
+    return -log_mass.mean(), log_mass.detach().exp().mean().item()
+
+
 def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts; the same at each question's key word for the answer's first token; the dense probes' losses on
-    the same views' point tokens; and, per answer, (question type, whether every answer token was the
-    argmax) to watch training."""
+    the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
+    layer KEY_LAYER, answer -> key word in ANSWER_LAYER, head 0) with the mean mass on target per layer;
+    and, per answer, (question type, whether every answer token was the argmax) to watch training."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
     tower = model.model.vision_tower
     with torch.set_grad_enabled(any(p.requires_grad for p in tower.parameters())):
@@ -248,7 +346,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense)
     sequences, targets, answers, keys, offset = [], [], [], [], 0
-    for prepared, ids, (spans, key_targets), _ in examples:
+    supervised = {KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
+    for prepared, ids, (spans, key_targets, answer_rows), _ in examples:
         count = prepared.pixel_values.shape[0]
         visual = model.embed_visual_sequence(tokens[offset : offset + count], prepared.grid)
         offset += count
@@ -258,7 +357,9 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
         for start, end, kind in spans:
             labels[start + shift : end + shift] = torch.tensor(ids[start:end])
             answers.append((len(sequences), start + shift, end - 1 + shift, kind))  # the answer's words, not </s>
-        keys += [(len(sequences), position + shift, target) for position, target in key_targets]
+        keys += [(len(sequences), position + shift, target) for position, target, _ in key_targets]
+        supervised[KEY_LAYER] += [(len(sequences), position + shift, objects) for position, _, objects in key_targets]
+        supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in answer_rows]
         sequences.append(embeds)
         targets.append(labels)
     length = max(s.shape[0] for s in sequences)
@@ -267,7 +368,13 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
     labels = torch.full((len(sequences), length), -100)
     for i, (s, t) in enumerate(zip(sequences, targets)):
         padded[i, : len(s)], labels[i, : len(t)], mask[i, : len(s)] = s, t, 1
-    logits = model(inputs_embeds=padded, attention_mask=mask).logits.float()
+    probe = AttentionProbe({layer: (torch.tensor([r for r, _, _ in rows]), torch.tensor([q for _, q, _ in rows]))
+                            for layer, rows in supervised.items() if rows})  # fmt: skip
+    logits = model(inputs_embeds=padded, attention_mask=mask, attention_probe=probe).logits.float()
+    attention = {layer: attention_mass_loss(probe.log_probs[layer], [t for *_, t in rows])
+                 for layer, rows in supervised.items() if rows}  # fmt: skip
+    attention_loss = sum((loss for loss, _ in attention.values()), logits.sum() * 0)
+    masses = {layer: mass for layer, (_, mass) in attention.items()}
     answer_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
     right = logits.argmax(-1)[:, :-1] == labels[:, 1:]  # (B, T-1): the token after each position
     scores = [(kind, bool(right[i, start - 1 : end - 1].all())) for i, start, end, kind in answers]
@@ -276,7 +383,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
     # so the retrieval is learned without waiting for the answer position to first learn to find the word.
     rows, positions, key_targets = (torch.tensor(column) for column in zip(*keys)) if keys else (None, None, None)
     key_loss = F.cross_entropy(logits[rows, positions], key_targets) if keys else logits.sum() * 0
-    return answer_loss, key_loss, patch_loss, scores
+    return answer_loss, key_loss, patch_loss, attention_loss, masses, scores
 
 
 def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "ExampleMaker", rng: random.Random,
@@ -350,12 +457,18 @@ WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # f
 
 def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: int = 800, projector_steps: int = 1000, projector_color_steps: int = 200,
           warmup_steps: int = 1400, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
-          patch_weight: float = 0.3, key_weight: float = 1.0, max_turns: int = 8, log_every: int = 25, save_every: int = 250) -> TokenPackerPipeline:  # fmt: skip
+          patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
+          save_every: int = 250, tower_from: Path | None = None) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone,
     then colour and object centres as well (see `pretrain_vision`). Stage 2: `steps` of MLLM training of the projector and the LLM on multi-turn conversations about
     scenes, the tower frozen; the answers' loss, the same at each question's key word, and a dense probe on
     the point tokens. The first `warmup_steps` use small canvases (few views: the LLM learns to find objects among 145-435 visual
-    tokens before it meets 1450)."""
+    tokens before it meets 1450). Stage 2 also teaches the retrieval through attention supervision, weighted
+    `attention_weight` (see `batch_loss`).
+
+    Each stage starts from its own seeds (seed, seed + 1, seed + 2), so `tower_from` (a checkpoint of this
+    recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1 and the rest of the run is
+    the same as in a full one: for experiments on the later stages, 14 minutes sooner."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     started = time.time()
@@ -366,11 +479,21 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor)
     make = ExampleMaker(tokenizer, config, max_turns=max_turns)
 
-    pretrain_vision(model, head, make, rng, vision_steps, shape_steps, batch_size=6, lr=vision_lr, log_every=log_every)
+    if tower_from is None:
+        pretrain_vision(model, head, make, rng, vision_steps, shape_steps, batch_size=6, lr=vision_lr, log_every=log_every)
+    else:
+        model.model.vision_tower.load_state_dict(load(tower_from, device="cpu").model.model.vision_tower.state_dict())
+        print(f"stage 1: the tower of {tower_from}", flush=True)
     model.model.vision_tower.requires_grad_(False)
+    torch.manual_seed(seed + 1)
+    rng = random.Random(seed + 1)
     pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr, log_every=log_every)
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
     model.train()
+    torch.manual_seed(seed + 2)
+    rng = random.Random(seed + 2)
+    inference_attention = model.config._attn_implementation
+    model.set_attn_implementation(TRAINING_ATTENTION)
 
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     named += [(f"token_head.{n}", p) for n, p in token_head.named_parameters()]
@@ -390,27 +513,31 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
             split = SPLITS["small"] if rng.random() < small_share else SPLITS["standard"]
         examples = [make(rng, split) for _ in range(batch_size)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            answer_loss, key_loss, patch_loss, batch_scores = batch_loss(model, token_head, examples)
-        loss = answer_loss + key_weight * key_loss + patch_weight * patch_loss
+            answer_loss, key_loss, patch_loss, attention_loss, masses, batch_scores = batch_loss(model, token_head, examples)
+        loss = answer_loss + key_weight * key_loss + patch_weight * patch_loss + attention_weight * attention_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimizer.step()
         schedule.step()
-        history.append((answer_loss.item(), patch_loss.item(), key_loss.item()))
+        history.append((answer_loss.item(), patch_loss.item(), key_loss.item(), attention_loss.item(),
+                        masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan)))  # fmt: skip
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
-            recent = np.mean(history[-log_every:], axis=0)
+            recent = np.nanmean(history[-log_every:], axis=0)
             print(f"step {step + 1}/{steps}  answer loss {recent[0]:.4f}  key-word loss {recent[2]:.4f}  patch loss {recent[1]:.4f}  "
+                  f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f})  "
                   f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - stage2:.0f}s  "
                   f"train acc {_accuracy_line(scores[-log_every:])}", flush=True)  # fmt: skip
         if (step + 1) % save_every == 0 or step + 1 == steps:
             pipeline.save_pretrained(out)  # a usable checkpoint at every stage of a long run
 
-    recent = np.mean(history[-log_every:], axis=0)
+    model.set_attn_implementation(inference_attention)
+    recent = np.nanmean(history[-log_every:], axis=0)
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
-               "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight, "torch": torch.__version__,
+               "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
+               "attention_weight": attention_weight, "tower_from": str(tower_from) if tower_from else None, "torch": torch.__version__,
                "seconds_total": round(time.time() - started), "seconds_stage2": round(time.time() - stage2),
                "final_answer_loss": round(float(recent[0]), 4), "final_patch_loss": round(float(recent[1]), 4),
                "final_train_accuracy": _accuracy_line(scores[-log_every:])}  # fmt: skip
@@ -443,9 +570,12 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=8e-4, help="MLLM peak learning rate (2e-3 diverges)")
     parser.add_argument("--vision-lr", type=float, default=1e-3)
+    parser.add_argument("--attention-weight", type=float, default=0.5, help="weight of the attention supervision")
+    parser.add_argument("--tower-from", type=Path, help="take stage 1's tower from this checkpoint of the recipe")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
-          projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr)
+          projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
+          attention_weight=args.attention_weight, tower_from=args.tower_from)
 
 
 if __name__ == "__main__":
