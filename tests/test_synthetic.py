@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tokenpacker
+from tokenpacker.layout import build_layout
 from tokenpacker.loading import DEFAULT_MODEL
 from tokenpacker.synthetic.evaluate import EVAL_SEED, evaluate
 from tokenpacker.synthetic.scenes import (
@@ -97,15 +98,62 @@ def test_rendering_and_dense_labels(task_tokenizer):
 def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
     tokenizer = task_tokenizer
     maker = ExampleMaker(tokenizer, default_config(tokenizer))
-    prepared, ids, (spans, keys), labels = maker(random.Random(TRAIN_SEED), SPLITS["standard"])
-    assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans)
-    for (position, target), (start, _, _) in zip(keys, spans):  # the key word precedes its answer, whose first token it targets
-        assert position < start and target == ids[start]
-    for start, end, kind in spans:
-        assert kind in QUESTION_TYPES
-        assert ids[end - 1] == tokenizer.eos_token_id  # each answer ends with </s>
-        text = tokenizer.decode(ids[start:end]).strip()
-        assert text and text == text.lower()
+    rng = random.Random(TRAIN_SEED)
+    for _ in range(3):
+        prepared, ids, (spans, keys, rows), labels = maker(rng, SPLITS["standard"])
+        assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans) == len(rows)
+        layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, maker.point_grid,
+                              start=ids.index(-200))  # fmt: skip
+        for (position, target, objects), (query, key), (start, _, _) in zip(keys, rows, spans):
+            first = start + (tokenizer.id_to_piece(ids[start]) == "▁")  # a digit answer comes as '▁', '3'
+            assert position < start and target == ids[first]  # the key word precedes its answer, targets its first piece
+            assert key == position and query == first - 1  # the token that predicts that piece attends to the key word
+            assert np.isin(objects, layout.positions).all() or objects.tolist() == [0]  # point tokens, or <s> for none
+        for start, end, kind in spans:
+            assert kind in QUESTION_TYPES
+            assert ids[end - 1] == tokenizer.eos_token_id  # each answer ends with </s>
+            text = tokenizer.decode(ids[start:end]).strip()
+            assert text and text == text.lower()
+
+
+def test_attention_targets_are_the_objects_asked_about(task_tokenizer):
+    """The key word's attention target: the tokens whose s x s region shows the object asked about (in every
+    view), only the global view's for 'where', the counted objects' centre tokens in the tiles, none for 'no'."""
+    from tokenpacker.image_processing import ImageProcessor
+    from tokenpacker.synthetic.scenes import Scene, SceneObject
+    from tokenpacker.synthetic.train import attention_target, token_masks
+
+    config = default_config(task_tokenizer)
+    triangle = SceneObject("triangle", "red", 200, 150, 120)
+    circle, square = SceneObject("circle", "blue", 800, 500, 150), SceneObject("square", "blue", 450, 480, 100)
+    scene = Scene(1008, 672, (240, 240, 240), 0.0, [triangle, circle, square], seed=0)
+    prepared = ImageProcessor(config)(scene.render())
+    assert prepared.grid == (2, 3)  # six 336 px tiles and the global view
+    masks = token_masks(patch_labels(scene, prepared.views, config.raw_grid), prepared.views, config.point_grid)
+    layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, config.point_grid, start=5)
+    is_global = np.array([prepared.views[v].kind == "global" for v in layout.view_index])
+
+    def target(kind, question, answer):
+        return attention_target(kind, question, answer, masks, layout)
+
+    def overlaps(selected, obj):  # every selected token's image box meets the object's box
+        x0, y0, x1, y1 = obj.box
+        boxes = layout.boxes[selected]
+        return bool(((boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)).all())
+
+    color = target("color", "What color is the triangle?", "red")
+    assert color.any() and overlaps(color, triangle)
+    assert color[is_global].any() and color[~is_global].any()  # seen in the thumbnail and in a tile
+    where = target("where", "Where is the red triangle?", "top left")
+    assert where.any() and not where[~is_global].any() and not (where & ~color).any()
+    blue = target("shape", "What shape is the blue object?", "circle")  # two blue objects: both (not asked in the task)
+    circle_tokens = target("exists", "Is there a blue circle?", "yes")
+    assert overlaps(circle_tokens, circle) and not (circle_tokens & ~blue).any() and (blue & ~circle_tokens).any()
+    assert not target("exists", "Is there a green circle?", "no").any()
+    counted = target("count", "How many objects are there?", "3")
+    assert counted.sum() == 3 and not counted[is_global].any()  # one centre token per object, in the tiles
+    assert target("count_shape", "How many squares are there?", "1").sum() == 1
+    assert overlaps(target("count_shape", "How many circles are there?", "1"), circle)
 
 
 @pytest.fixture(scope="module")
@@ -153,22 +201,26 @@ def test_evaluate_reports_per_type_accuracy(default_model):
 
 
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path):
-    """A few steps of both stages, twice with the same seed: identical checkpoints in the project's format."""
+    """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
+    same again when stage 1's tower is taken from the first checkpoint (`tower_from`)."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
 
+    tiny = dict(steps=2, vision_steps=2, shape_steps=1, projector_steps=2, projector_color_steps=1, warmup_steps=1,
+                batch_size=2, max_turns=2, log_every=1)  # fmt: skip
     for name in ("a", "b"):
-        train(tmp_path / name, steps=2, vision_steps=2, warmup_steps=1, batch_size=2, max_turns=2, log_every=1)
-    first, second = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b"))
-    assert first.keys() == second.keys() and any(k.startswith("model.mm_projector.") for k in first)
-    assert all(torch.equal(first[k], second[k]) for k in first)
+        train(tmp_path / name, **tiny)
+    train(tmp_path / "c", **tiny, tower_from=tmp_path / "a")  # stage 1 taken from a's checkpoint
+    first, second, third = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b", "c"))
+    assert first.keys() == second.keys() == third.keys() and any(k.startswith("model.mm_projector.") for k in first)
+    assert all(torch.equal(first[k], second[k]) and torch.equal(first[k], third[k]) for k in first)
     reloaded = tokenpacker.load(tmp_path / "a", device="cpu")
     assert reloaded.config.patch_num == 9 and json.loads((tmp_path / "a" / "training.json").read_text())["steps"] == 2
 
 
 def test_boundary_patches_are_the_outline_of_each_object():
-    from tokenpacker.synthetic.probe import boundary
+    from tokenpacker.synthetic.train import boundary
 
     colors = torch.zeros(1, 6, 6, dtype=torch.long)
     colors[0, 1:4, 1:4] = 2  # a 3x3 object: its ring of 8 patches is the outline, its middle is not

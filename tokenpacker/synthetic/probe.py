@@ -20,21 +20,9 @@ import torch.nn.functional as F
 from ..loading import load
 from ..modeling import TokenPackerForCausalLM
 from .scenes import SPLITS
-from .train import WARMUP_SPLIT, ExampleMaker
+from .train import WARMUP_SPLIT, ExampleMaker, boundary
 
 PROBE_SEED = 4321  # scenes for probing; neither the training nor the evaluation seed
-
-
-def boundary(colors: torch.Tensor) -> torch.Tensor:
-    """(V, R, R) bool: object patches with a differently labelled 8-neighbour (the edge of the view counts as
-    the same), where an object's outline is in view."""
-    R = colors.shape[-1]
-    padded = F.pad(colors[:, None].float(), (1, 1, 1, 1), mode="replicate")[:, 0]
-    edge = torch.zeros_like(colors, dtype=torch.bool)
-    for dy in range(3):
-        for dx in range(3):
-            edge |= padded[:, dy : dy + R, dx : dx + R] != colors
-    return edge & (colors > 0)
 
 
 def linear_probe_accuracy(features: torch.Tensor, targets: torch.Tensor, held_out: torch.Tensor, classes: int,
