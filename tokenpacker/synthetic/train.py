@@ -5,13 +5,17 @@
 CLIP-style tower at 336 px / patch 14 (the real 24 x 24 grid and 336 px HD tiles), the TokenPacker
 projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece tokenizer; HD slice mode with
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
-the same checkpoint on the same machine. The defaults ran in 57 minutes (3444 s) on the project's 2-core CPU.
+the same checkpoint on the same machine. The defaults take 74 minutes on the project's 2-core CPU (stage 1
+966 s, stage 1b 334 s, stage 2 3143 s).
 
-Stage 1 teaches the tower dense patch features (shape alone first, through an MLP read-out; then colour and
-object centre per patch as well). Stage 2 freezes it
-and trains the projector and the LLM on multi-turn conversations, first on small canvases (few views), then on
-the task's full range of canvases, with two auxiliary losses: a dense probe on the point tokens, and the
-answer's first token predicted already at the question's key word (intermediate supervision).
+Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
+object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
+and centres too, into its point tokens (a linear probe). Stage 2 trains the projector and the LLM on multi-turn
+conversations, first on small canvases (few views), then on the task's full range of canvases, with three
+auxiliary losses: the dense probe on the point tokens; the answer's first token predicted already at the
+question's key word (intermediate supervision); and attention supervision, which teaches the retrieval instead
+of waiting for it (the key word attends to the point tokens of the objects asked about, the answer to the key
+word). `--tower-from CHECKPOINT` takes stage 1 from a checkpoint of this recipe and gives the same result.
 """
 
 import argparse
@@ -461,16 +465,17 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           warmup_steps: int = 1400, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
           save_every: int = 250, tower_from: Path | None = None) -> TokenPackerPipeline:  # fmt: skip
-    """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone,
-    then colour and object centres as well (see `pretrain_vision`). Stage 2: `steps` of MLLM training of the projector and the LLM on multi-turn conversations about
-    scenes, the tower frozen; the answers' loss, the same at each question's key word, and a dense probe on
-    the point tokens. The first `warmup_steps` use small canvases (few views: the LLM learns to find objects among 145-435 visual
-    tokens before it meets 1450). Stage 2 also teaches the retrieval through attention supervision, weighted
-    `attention_weight` (see `batch_loss`).
+    """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
+    (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
+    the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
+    training of the projector and the LLM on multi-turn conversations about scenes, the tower frozen: the
+    answers' loss, the same at each question's key word, the dense probe on the point tokens (`patch_weight`)
+    and the attention supervision (`attention_weight`; see `batch_loss`). The first `warmup_steps` use small
+    canvases (few views: the LLM learns to find objects among 145-435 visual tokens before it meets 1450).
 
     Each stage starts from its own seeds (seed, seed + 1, seed + 2), so `tower_from` (a checkpoint of this
     recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1 and the rest of the run is
-    the same as in a full one: for experiments on the later stages, 14 minutes sooner."""
+    the same as in a full one: for experiments on the later stages, 16 minutes sooner."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     started = time.time()
