@@ -175,13 +175,13 @@ ANSWERS = {
     "where": {"top left", "top center", "top right", "middle left", "center", "middle right", "bottom left",
               "bottom center", "bottom right"},
 }  # fmt: skip
-SHIPPED_ACCURACY_60 = 25 / 60  # measured on these 60 held-out questions when the checkpoint was shipped (see #5)
+SHIPPED_ACCURACY_60 = 40 / 60  # measured on these 60 held-out questions when the checkpoint was shipped (see #5)
 
 
 def test_the_default_model_answers_fresh_scenes(default_model):
-    """The shipped checkpoint answers held-out scenes in the task's vocabulary, above chance (the per-type
-    chance rates average 0.28), at the accuracy it had when shipped. It is far from the 0.90 the task asks for:
-    see README, "The embedded default model"."""
+    """The shipped checkpoint answers held-out scenes in the task's vocabulary, well above chance (the per-type
+    chance rates average 0.28), at the accuracy it had when shipped. It is still short of the 0.90 the task asks
+    for: see README, "The embedded default model"."""
     rng = random.Random(EVAL_SEED)
     settings = tokenpacker.SamplingSettings(max_new_tokens=6)
     right = []
@@ -234,9 +234,10 @@ def test_boundary_patches_are_the_outline_of_each_object():
     assert torch.equal(edge, ring | corner)
 
 
-def test_probe_reads_colour_from_the_default_models_features(default_model):
-    """The linear probes of `python -m tokenpacker.synthetic.probe`: colour is linearly readable from the tower
-    and from the point tokens (0.99 on 200 scenes), scored on scenes the probe was not fitted on."""
+def test_probe_reads_colour_and_shape_from_the_default_models_features(default_model):
+    """The linear probes of `python -m tokenpacker.synthetic.probe`: colour and shape are linearly readable from
+    the tower and from the point tokens (200 scenes: colour 0.99 / 0.98, shape 0.83 / 0.87; chance 1/6 and 1/3;
+    here on 30 scenes 0.79 / 0.87), scored on scenes the probe was not fitted on."""
     from tokenpacker.synthetic.probe import probe
     from tokenpacker.synthetic.train import WARMUP_SPLIT
 
@@ -244,5 +245,4 @@ def test_probe_reads_colour_from_the_default_models_features(default_model):
     assert set(report) == {"tower", "point tokens"}
     for scores in report.values():
         assert scores["object patches"] > 100
-        assert scores["colour"] >= 0.9, report
-        assert all(0 <= scores[k] <= 1 for k in ("shape", "shape at boundaries"))
+        assert scores["colour"] >= 0.9 and scores["shape"] >= 0.65, report
