@@ -2,6 +2,7 @@
 
 import json
 import random
+
 import numpy as np
 import pytest
 import torch
@@ -100,7 +101,7 @@ def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
     maker = ExampleMaker(tokenizer, default_config(tokenizer))
     rng = random.Random(TRAIN_SEED)
     for _ in range(3):
-        prepared, ids, (spans, keys, rows), labels = maker(rng, SPLITS["standard"])
+        prepared, ids, (spans, keys, rows), _ = maker(rng, SPLITS["standard"])
         assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans) == len(rows)
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, maker.point_grid,
                               start=ids.index(-200))  # fmt: skip

@@ -13,7 +13,6 @@ outline is in view.
 import argparse
 import random
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
