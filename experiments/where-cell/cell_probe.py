@@ -96,10 +96,11 @@ def joint(tokens, labels, cells):
     return loss + token_head.loss(tokens, labels), acc, color, shape
 
 
-linear_steps = int(sys.argv[1]) if len(sys.argv) > 1 else 150
-joint_steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-run(linear_steps, list(cell_head.parameters()), linear_only, "linear")
-# token_head starts fresh: fit it alone on the shipped tokens first, so colour/shape are measured, not relearned
-run(100, list(token_head.parameters()), lambda t, lab, c: (token_head.loss(t.detach(), lab), np.nan, *token_head.accuracy(t.detach(), lab)), "token-head")
-model.model.mm_projector.requires_grad_(True)
-run(joint_steps, list(model.model.mm_projector.parameters()) + list(cell_head.parameters()) + list(token_head.parameters()), joint, "joint")
+if __name__ == "__main__":
+    linear_steps = int(sys.argv[1]) if len(sys.argv) > 1 else 150
+    joint_steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
+    run(linear_steps, list(cell_head.parameters()), linear_only, "linear")
+    # token_head starts fresh: fit it alone on the shipped tokens first, so colour/shape are measured, not relearned
+    run(100, list(token_head.parameters()), lambda t, lab, c: (token_head.loss(t.detach(), lab), np.nan, *token_head.accuracy(t.detach(), lab)), "token-head")
+    model.model.mm_projector.requires_grad_(True)
+    run(joint_steps, list(model.model.mm_projector.parameters()) + list(cell_head.parameters()) + list(token_head.parameters()), joint, "joint")

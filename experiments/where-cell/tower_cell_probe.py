@@ -1,34 +1,54 @@
-"""Linear 3x3-cell probe on the shipped tower's features of the global/only view (per CLIP patch): does the tower keep
-absolute position? PYTHONPATH=. python experiments/where-cell/tower_cell_probe.py (reuses cell_probe.py's set-up)."""
-import random, numpy as np, torch, torch.nn.functional as F, sys
-sys.argv = ["x", "0", "0"]
-exec(open("experiments/where-cell/cell_probe.py").read().split("def batch")[0])  # setup + cell_targets
-from tokenpacker.synthetic.scenes import SPLITS, random_scene
+"""Linear 3x3-cell probe on the shipped tower's features of the global/only view (per CLIP patch): does the tower
+keep absolute position?  PYTHONPATH=. python experiments/where-cell/tower_cell_probe.py"""
+
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, "experiments/where-cell")
+from cell_probe import T, config, make, model, rng  # noqa: E402  (the seeded set-up of cell_probe.py)
+
+from tokenpacker.synthetic.scenes import SPLITS, random_scene  # noqa: E402
+
 R = config.raw_grid
-def cells_raw(scene, views):
+
+
+def cells_raw(scene, views) -> torch.Tensor:
+    """(V, R*R) 3x3 cell 0..8 of the image under each CLIP patch's centre in the global/only view; -100 elsewhere."""
     out = torch.full((len(views), R * R), -100)
     for view in views:
-        if len(views) > 1 and view.kind != "global": continue
-        c = (np.arange(R) + 0.5) * view.size / R
-        xs, ys = view.to_image(c, c)
+        if len(views) > 1 and view.kind != "global":
+            continue
+        centre = (np.arange(R) + 0.5) * view.size / R
+        xs, ys = view.to_image(centre, centre)
         col = np.where((xs >= 0) & (xs < scene.width), np.minimum(2, (3 * xs / scene.width).astype(int)), -1)
         row = np.where((ys >= 0) & (ys < scene.height), np.minimum(2, (3 * ys / scene.height).astype(int)), -1)
-        out[view.index] = torch.from_numpy(np.where((row[:, None] >= 0) & (col[None, :] >= 0), 3 * row[:, None] + col[None, :], -100).reshape(-1))
+        cells = np.where((row[:, None] >= 0) & (col[None, :] >= 0), 3 * row[:, None] + col[None, :], -100)
+        out[view.index] = torch.from_numpy(cells.reshape(-1))
     return out
-for name, pick in (("tower multi-level", lambda f, m: m), ("tower last features", lambda f, m: f)):
-    head = None; opt = None; hist = []
+
+
+for name, pick in (("tower multi-level", lambda last, multi: multi), ("tower last features", lambda last, multi: last)):
+    head, optimizer, history = None, None, []
     for step in range(150):
-        px, cs = [], []
+        pixels, cells = [], []
         for _ in range(6):
             scene = random_scene(rng, **(T.WARMUP_SPLIT if rng.random() < 0.5 else SPLITS["standard"]))
-            p = make.processor(scene.render()); px.append(p.pixel_values); cs.append(cells_raw(scene, p.views))
+            prepared = make.processor(scene.render())
+            pixels.append(prepared.pixel_values)
+            cells.append(cells_raw(scene, prepared.views))
         with torch.no_grad():
-            f, m = model.model.vision_tower(torch.cat(px))
-        x = pick(f, m); x = x[:, -R * R:] if x.shape[1] != R * R else x
+            x = pick(*model.model.vision_tower(torch.cat(pixels)))  # (V, R*R, C)
         if head is None:
-            head = torch.nn.Linear(x.shape[-1], 9); opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
-        y = torch.cat(cs).reshape(-1); keep = y >= 0
-        logits = head(x.flatten(0, 1)[keep]); loss = F.cross_entropy(logits, y[keep])
-        hist.append((logits.argmax(-1) == y[keep]).float().mean().item())
-        opt.zero_grad(); loss.backward(); opt.step()
-    print(name, x.shape, "cell acc last 25 steps", round(float(np.mean(hist[-25:])), 3), flush=True)
+            head = torch.nn.Linear(x.shape[-1], 9)
+            optimizer = torch.optim.AdamW(head.parameters(), lr=3e-3)
+        y = torch.cat(cells).reshape(-1)
+        keep = y >= 0
+        logits = head(x.flatten(0, 1)[keep])
+        history.append((logits.argmax(-1) == y[keep]).float().mean().item())
+        optimizer.zero_grad()
+        F.cross_entropy(logits, y[keep]).backward()
+        optimizer.step()
+    print(f"{name} {tuple(x.shape)}: cell accuracy over the last 25 steps {np.mean(history[-25:]):.3f}", flush=True)
