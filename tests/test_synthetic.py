@@ -247,3 +247,35 @@ def test_probe_reads_colour_and_shape_from_the_default_models_features(default_m
     for scores in report.values():
         assert scores["object patches"] > 100
         assert scores["colour"] >= 0.9 and scores["shape"] >= 0.65, report
+
+
+def test_attention_probe_reads_the_models_own_attention():
+    """The attention supervision's probe (head 0 at chosen queries, recomputed in the training SDPA) equals the
+    attention the model really computes (eager, output_attentions), and the loss is -log of the mass on target."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tokenpacker.synthetic.train import TRAINING_ATTENTION, AttentionProbe, attention_mass_loss
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                         max_position_embeddings=64)  # fmt: skip
+    model = LlamaForCausalLM(config).eval()
+    ids = torch.randint(3, 50, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0  # the second row is right-padded, as in a training batch
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        attentions = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions  # (B, H, T, T) per layer
+    model.set_attn_implementation(TRAINING_ATTENTION)
+    rows, positions = torch.tensor([0, 1, 1]), torch.tensor([11, 8, 3])
+    probe = AttentionProbe({1: (rows, positions)})
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask, attention_probe=probe)
+    expected = attentions[1][rows, 0, positions]  # (Q, T): layer 1, head 0
+    torch.testing.assert_close(probe.log_probs[1].exp(), expected, atol=1e-5, rtol=1e-4)
+    assert set(probe.log_probs) == {1}
+
+    loss, mass = attention_mass_loss(probe.log_probs[1], [np.array([0, 2]), np.array([5]), np.array([0])])
+    on_target = torch.stack([expected[0, [0, 2]].sum(), expected[1, 5], expected[2, 0]])
+    assert mass == pytest.approx(on_target.mean().item(), abs=1e-5)
+    assert loss.item() == pytest.approx(-on_target.log().mean().item(), abs=1e-4)
