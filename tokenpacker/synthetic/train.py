@@ -5,8 +5,9 @@
 CLIP-style tower at 336 px / patch 14 (the real 24 x 24 grid and 336 px HD tiles), the TokenPacker
 projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece tokenizer; HD slice mode with
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
-the same checkpoint on the same machine. The defaults take 74 minutes on the project's 2-core CPU (stage 1
-966 s, stage 1b 334 s, stage 2 3143 s).
+the same checkpoint on the same machine. The defaults take about 74 minutes on the project's 2-core CPU,
+summed from two runs of this recipe: stage 1 966 s in one, stages 1b and 2 3495 s in the one that reused its
+tower with `--tower-from` (the shipped checkpoint's log, assets/default-model/training.log).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
@@ -393,6 +394,16 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
     return answer_loss, key_loss, patch_loss, attention_loss, masses, scores
 
 
+def _update(optimizer: torch.optim.Optimizer, params: list, loss: torch.Tensor, lr: float) -> None:
+    """One step of stages 1 and 1b: gradients clipped to norm 1, the learning rate given (their linear warm-up)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+
+
 def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "ExampleMaker", rng: random.Random,
                     steps: int, shape_steps: int, batch_size: int, lr: float, log_every: int) -> None:  # fmt: skip
     """Stage 1: the vision tower learns dense patch features on single scenes, in fp32. The first `shape_steps`
@@ -410,12 +421,7 @@ def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "Examp
         labels = torch.cat([lab for _, lab in batch])
         _, multi_level = model.model.vision_tower(views)
         loss = head.loss(multi_level, labels, shape_only)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50)
-        optimizer.step()
+        _update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *head.accuracy(multi_level.detach(), labels)))  # on data not yet trained on
         if (step + 1) % log_every == 0:
             loss_, color, shape = np.mean(history[-log_every:], axis=0)
@@ -442,12 +448,7 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
             features, multi_level = model.model.vision_tower(views)
         tokens = model.model.mm_projector(features, multi_level).tokens  # (V, G*G, H)
         loss = token_head.loss(tokens, labels, color_only)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / 50)
-        optimizer.step()
+        _update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *token_head.accuracy(tokens.detach(), labels)))
         if (step + 1) % log_every == 0:
             loss_, color, shape = np.mean(history[-log_every:], axis=0)
