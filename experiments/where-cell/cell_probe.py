@@ -27,13 +27,14 @@ make = T.ExampleMaker(pipeline.tokenizer, config)
 G = config.point_grid
 
 
-def cell_targets(scene, views) -> torch.Tensor:
-    """(V, G*G) 3x3 cell 0..8 of the image under each token's centre in the global/only view; -100 elsewhere."""
-    out = torch.full((len(views), G * G), -100)
+def cell_targets(scene, views, grid: int = G) -> torch.Tensor:
+    """(V, grid*grid) 3x3 cell 0..8 of the image under the centre of each of a view's grid x grid cells (point
+    tokens: G; CLIP patches: 24), in the global view or the only view; -100 elsewhere and on padding."""
+    out = torch.full((len(views), grid * grid), -100)
     for view in views:
         if len(views) > 1 and view.kind != "global":
             continue
-        centre = (np.arange(G) + 0.5) * view.size / G
+        centre = (np.arange(grid) + 0.5) * view.size / grid
         xs, ys = view.to_image(centre, centre)
         col = np.where((xs >= 0) & (xs < scene.width), np.minimum(2, (3 * xs / scene.width).astype(int)), -1)
         row = np.where((ys >= 0) & (ys < scene.height), np.minimum(2, (3 * ys / scene.height).astype(int)), -1)

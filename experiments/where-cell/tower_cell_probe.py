@@ -8,26 +8,11 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, "experiments/where-cell")
-from cell_probe import T, config, make, model, rng  # noqa: E402  (the seeded set-up of cell_probe.py)
+from cell_probe import T, cell_targets, config, make, model, rng  # noqa: E402  (the seeded set-up of cell_probe.py)
 
 from tokenpacker.synthetic.scenes import SPLITS, random_scene  # noqa: E402
 
 R = config.raw_grid
-
-
-def cells_raw(scene, views) -> torch.Tensor:
-    """(V, R*R) 3x3 cell 0..8 of the image under each CLIP patch's centre in the global/only view; -100 elsewhere."""
-    out = torch.full((len(views), R * R), -100)
-    for view in views:
-        if len(views) > 1 and view.kind != "global":
-            continue
-        centre = (np.arange(R) + 0.5) * view.size / R
-        xs, ys = view.to_image(centre, centre)
-        col = np.where((xs >= 0) & (xs < scene.width), np.minimum(2, (3 * xs / scene.width).astype(int)), -1)
-        row = np.where((ys >= 0) & (ys < scene.height), np.minimum(2, (3 * ys / scene.height).astype(int)), -1)
-        cells = np.where((row[:, None] >= 0) & (col[None, :] >= 0), 3 * row[:, None] + col[None, :], -100)
-        out[view.index] = torch.from_numpy(cells.reshape(-1))
-    return out
 
 
 if __name__ == "__main__":
@@ -39,7 +24,7 @@ if __name__ == "__main__":
                 scene = random_scene(rng, **(T.WARMUP_SPLIT if rng.random() < 0.5 else SPLITS["standard"]))
                 prepared = make.processor(scene.render())
                 pixels.append(prepared.pixel_values)
-                cells.append(cells_raw(scene, prepared.views))
+                cells.append(cell_targets(scene, prepared.views, R))
             with torch.no_grad():
                 x = pick(*model.model.vision_tower(torch.cat(pixels)))  # (V, R*R, C)
             if head is None:

@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, "experiments/where-cell")
-from cell_probe import T, config, make, model, rng  # noqa: E402  (the seeded set-up of cell_probe.py)
-from tower_cell_probe import cells_raw  # noqa: E402
+from cell_probe import T, cell_targets, config, make, model, rng  # noqa: E402  (the seeded set-up of cell_probe.py)
 
 from tokenpacker.synthetic.scenes import SPLITS, random_scene  # noqa: E402
 
@@ -32,7 +31,7 @@ for step in range(steps):
         prepared = make.processor(scene.render())
         pixels.append(prepared.pixel_values)
         labels.append(T.patch_labels(scene, prepared.views, config.raw_grid))
-        cells.append(cells_raw(scene, prepared.views))
+        cells.append(cell_targets(scene, prepared.views, config.raw_grid))
     labels, y = torch.cat(labels), torch.cat(cells).reshape(-1)
     _, multi_level = tower(torch.cat(pixels))  # (V, R*R, L*C)
     keep = y >= 0
