@@ -3,8 +3,9 @@ tower that learnt the cell in stage 1 (run F's). Phases as TERMS:STEPS, terms jo
 shape, centre; 'all' = every term. The projector starts fresh, as in train.py; needs run-f.patch; accuracy on each batch before
 its update.
 
-    PYTHONPATH=. python experiments/where-cell/stage1b_curriculum.py CHECKPOINT cell:100 colour+cell:200 all:200"""
+    [LR=1e-3] PYTHONPATH=. python experiments/where-cell/stage1b_curriculum.py CHECKPOINT cell:100 colour+cell:200 all:200"""
 
+import os
 import random
 import sys
 import time
@@ -36,7 +37,8 @@ projector.load_state_dict(fresh.state_dict())
 head = T.TokenHead(config.text_config.hidden_size, config.scale_factor)
 make = T.ExampleMaker(pipeline.tokenizer, config)
 params = list(projector.parameters()) + list(head.parameters())
-optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+lr = float(os.environ.get("LR", "1e-3"))  # stage 1b's
+optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
 start, history, step = time.time(), [], 0
 for terms, steps in phases:
     for _ in range(steps):
@@ -69,7 +71,7 @@ for terms, steps in phases:
             "cell": F.cross_entropy(head.cells(x[placed]).float(), cells[placed]),
         }
         loss = sum(losses[t] for t in terms)
-        T._update(optimizer, params, loss, 1e-3 * min(1.0, (step + 1) / 50))
+        T._update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *head.accuracy(tokens.detach(), labels)))
         step += 1
         if step % 25 == 0:
