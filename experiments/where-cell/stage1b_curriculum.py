@@ -3,7 +3,10 @@ tower that learnt the cell in stage 1 (run F's). Phases as TERMS:STEPS, terms jo
 shape, centre; 'all' = every term. The projector starts fresh, as in train.py; needs run-f.patch; accuracy on each batch before
 its update.
 
-    [LR=1e-3] PYTHONPATH=. python experiments/where-cell/stage1b_curriculum.py CHECKPOINT cell:100 colour+cell:200 all:200"""
+    [LR=1e-3] [BALANCED=1] [BACKGROUND=0.2] PYTHONPATH=. python experiments/where-cell/stage1b_curriculum.py CHECKPOINT cell:100 colour+cell:200 all:200
+
+BALANCED=1: each term's gradient scaled to norm 1 before they are summed (run H's `balanced_step`); BACKGROUND:
+the colour term's weight on background tokens (run H's stage 1b: 0)."""
 
 import os
 import random
@@ -59,7 +62,7 @@ for terms, steps in phases:
         )
         objects = colors > 0
         placed = objects & (cells >= 0)
-        weight = torch.where(objects, 1.0, 0.2)
+        weight = torch.where(objects, 1.0, float(os.environ.get("BACKGROUND", "0.2")))  # colour's background weight
         losses = {
             "colour": (
                 F.cross_entropy(head.colors(x).float(), colors, reduction="none")
@@ -71,7 +74,21 @@ for terms, steps in phases:
             "cell": F.cross_entropy(head.cells(x[placed]).float(), cells[placed]),
         }
         loss = sum(losses[t] for t in terms)
-        T._update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
+        if os.environ.get("BALANCED"):  # each term's gradient scaled to unit norm, then summed
+            optimizer.zero_grad(set_to_none=True)
+            total = [torch.zeros_like(p) for p in params]
+            for t in terms:
+                grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
+                grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
+                norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)) + 1e-12
+                total = [a + g / norm for a, g in zip(total, grads)]
+            for p, g in zip(params, total):
+                p.grad = g
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / 50)
+            optimizer.step()
+        else:
+            T._update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *head.accuracy(tokens.detach(), labels)))
         step += 1
         if step % 25 == 0:
