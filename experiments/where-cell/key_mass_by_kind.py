@@ -20,7 +20,7 @@ from tokenpacker.synthetic.scenes import SPLITS
 
 pipeline = load(sys.argv[1], device="cpu")
 count = int(sys.argv[2]) if len(sys.argv) > 2 else 60
-model, head = pipeline.model.eval(), T.TokenHead(pipeline.config.text_config.hidden_size, 2)
+model, head = pipeline.model.eval(), T.TokenHead(pipeline.config.text_config.hidden_size, pipeline.config.scale_factor)
 model.set_attn_implementation(T.TRAINING_ATTENTION)
 make = T.ExampleMaker(pipeline.tokenizer, pipeline.config)
 rng = random.Random(4321)

@@ -1,7 +1,8 @@
 """Stage 1b curricula for carrying colour, shape, centres and the objects' 3x3 cell into the point tokens, on a
 tower that learnt the cell in stage 1 (run F's). Phases as TERMS:STEPS, terms joined by '+' from colour, cell,
-shape, centre; 'all' = every term. The projector starts fresh, as in train.py; needs run-f.patch; accuracy on each batch before
-its update.
+shape, centre; 'all' = every term (run H's `TokenHead.losses`: the cell on object tokens). The projector starts
+fresh, as in train.py; needs run-h.patch (the logs made before it, on run-f.patch, had these terms spelt out here,
+the same definitions); accuracy on each batch before its update.
 
     [LR=1e-3] [BALANCED=1] [BACKGROUND=0.2] PYTHONPATH=. python experiments/where-cell/stage1b_curriculum.py CHECKPOINT cell:100 colour+cell:200 all:200
 
@@ -15,7 +16,6 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from tokenpacker.loading import load
 from tokenpacker.synthetic import train as T
@@ -56,37 +56,10 @@ for terms, steps in phases:
         with torch.no_grad():
             features, multi_level = model.model.vision_tower(views)
         tokens = projector(features, multi_level).tokens
-        x = tokens.flatten(0, 1)
-        colors, shapes, centres, cells = (
-            c.reshape(-1) for c in T.token_labels(labels, 2).flatten(2).unbind(1)
-        )
-        objects = colors > 0
-        placed = objects & (cells >= 0)
-        weight = torch.where(objects, 1.0, float(os.environ.get("BACKGROUND", "0.2")))  # colour's background weight
-        losses = {
-            "colour": (
-                F.cross_entropy(head.colors(x).float(), colors, reduction="none")
-                * weight
-            ).sum()
-            / weight.sum(),
-            "shape": F.cross_entropy(head.shapes(x[objects]).float(), shapes[objects]),
-            "centre": F.cross_entropy(head.centres(x).float(), centres),
-            "cell": F.cross_entropy(head.cells(x[placed]).float(), cells[placed]),
-        }
+        losses = head.losses(tokens, labels, background=float(os.environ.get("BACKGROUND", "0.2")))
         loss = sum(losses[t] for t in terms)
-        if os.environ.get("BALANCED"):  # each term's gradient scaled to unit norm, then summed
-            optimizer.zero_grad(set_to_none=True)
-            total = [torch.zeros_like(p) for p in params]
-            for t in terms:
-                grads = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
-                grads = [g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params)]
-                norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)) + 1e-12
-                total = [a + g / norm for a, g in zip(total, grads)]
-            for p, g in zip(params, total):
-                p.grad = g
-            for group in optimizer.param_groups:
-                group["lr"] = lr * min(1.0, (step + 1) / 50)
-            optimizer.step()
+        if os.environ.get("BALANCED"):
+            T.balanced_step(optimizer, params, [losses[t] for t in terms], lr * min(1.0, (step + 1) / 50))
         else:
             T._update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *head.accuracy(tokens.detach(), labels)))
