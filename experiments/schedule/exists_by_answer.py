@@ -2,8 +2,9 @@
 
     PYTHONPATH=. python experiments/schedule/exists_by_answer.py MODEL [N]
 
-N `Is there a {color} {shape}?` questions on the standard split (the evaluation's seed and scenes generator,
-exists only), and per expected answer: how many, accuracy, and what the model said.
+N `Is there a {color} {shape}?` questions on standard-split scenes drawn from the evaluation's seed (not its
+scenes: only exists questions are drawn here, so the draws differ), greedy answers as in `evaluate`, and per
+expected answer: how many, accuracy, and what the model said.
 """
 
 import random
