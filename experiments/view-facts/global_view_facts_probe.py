@@ -30,11 +30,11 @@ def main(model_dir: str, scenes: int = 120) -> None:
     rows = {"tower": ([], []), "point tokens": ([], [])}
     for scene in range(scenes):
         pixel_values, labels = make.views_and_labels(rng, SPLITS["standard"])
+        pixel_values, labels = pixel_values[-1:], labels[-1:]  # the global view is the last view (or the only one)
         features, multi_level = model.model.vision_tower(pixel_values)
         tokens = model.model.mm_projector(features, multi_level).tokens
-        last = slice(-1, None)  # the global view is the last view (or the only one)
-        pooled = F.max_pool2d(labels[last].float(), model.config.scale_factor).long()
-        for name, values, dense in (("tower", multi_level[last], labels[last]), ("point tokens", tokens[last], pooled)):
+        pooled = F.max_pool2d(labels.float(), model.config.scale_factor).long()
+        for name, values, dense in (("tower", multi_level, labels), ("point tokens", tokens, pooled)):
             flat = dense.flatten(2).transpose(1, 2).flatten(0, 1)  # (N, channels)
             held_out = torch.full((len(flat), 1), int(scene >= 0.7 * scenes))
             rows[name][0].append(values.flatten(0, 1).float())
