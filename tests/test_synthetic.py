@@ -203,21 +203,30 @@ def test_evaluate_reports_per_type_accuracy(default_model):
 
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
-    same again when stage 1's tower is taken from the first checkpoint (`tower_from`)."""
+    same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
+    taken from a checkpoint that stopped before stage 3 (`resume_from`)."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
 
     tiny = dict(steps=2, vision_steps=2, shape_steps=1, projector_steps=2, projector_color_steps=1, warmup_steps=1,
                 batch_size=2, max_turns=2, log_every=1)  # fmt: skip
+    polish = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
     for name in ("a", "b"):
-        train(tmp_path / name, **tiny)
-    train(tmp_path / "c", **tiny, tower_from=tmp_path / "a")  # stage 1 taken from a's checkpoint
-    first, second, third = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b", "c"))
-    assert first.keys() == second.keys() == third.keys() and any(k.startswith("model.mm_projector.") for k in first)
-    assert all(torch.equal(first[k], second[k]) and torch.equal(first[k], third[k]) for k in first)
+        train(tmp_path / name, **tiny, **polish)
+    train(tmp_path / "c", **tiny, **polish, tower_from=tmp_path / "a")  # stage 1 taken from a's checkpoint
+    train(tmp_path / "stage2", **tiny, polish_steps=0)
+    train(tmp_path / "d", **tiny, **polish, resume_from=tmp_path / "stage2")  # stages 1-2 taken from a checkpoint
+    first, *others = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b", "c", "d"))
+    stage2 = load_file(tmp_path / "stage2" / "model.safetensors")
+    assert all(other.keys() == first.keys() for other in others) and any(k.startswith("model.mm_projector.") for k in first)
+    assert all(torch.equal(first[k], other[k]) for other in others for k in first)
+    assert any(not torch.equal(first[k], stage2[k]) for k in first)  # stage 3 did train
+    with pytest.raises(ValueError, match="has had stage 3 already"):
+        train(tmp_path / "e", **tiny, **polish, resume_from=tmp_path / "a")
     reloaded = tokenpacker.load(tmp_path / "a", device="cpu")
-    assert reloaded.config.patch_num == 9 and json.loads((tmp_path / "a" / "training.json").read_text())["steps"] == 2
+    summary = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert reloaded.config.patch_num == 9 and summary["steps"] == 2 and summary["polish_steps"] == 2
 
 
 def test_boundary_patches_are_the_outline_of_each_object():

@@ -5,9 +5,9 @@
 CLIP-style tower at 336 px / patch 14 (the real 24 x 24 grid and 336 px HD tiles), the TokenPacker
 projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece tokenizer; HD slice mode with
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
-the same checkpoint on the same machine. The defaults take about 74 minutes on the project's 2-core CPU,
-summed from two runs of this recipe: stage 1 966 s in one, stages 1b and 2 3495 s in the one that reused its
-tower with `--tower-from` (the shipped checkpoint's log, assets/default-model/training.log).
+the same checkpoint on the same machine. The defaults take about 87 minutes on the project's 2-core CPU,
+summed from the runs that made the shipped checkpoint (assets/default-model/training.log): stage 1 966 s, stages
+1b and 2 3495 s (reusing that tower with `--tower-from`), stage 3 729 s (from that checkpoint, `--resume-from`).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
@@ -16,8 +16,9 @@ conversations, first on small canvases (few views), then on the task's full rang
 auxiliary losses: the dense probe on the point tokens; the answer's first token predicted already at the
 question's key word (intermediate supervision); and attention supervision, which teaches the retrieval instead
 of waiting for it (the key word attends to the point tokens of the objects asked about, the answer to the key
-word). `--tower-from CHECKPOINT` takes stage 1 from a checkpoint of this recipe and gives the same result.
-"""
+word). Stage 3 polishes on the full range only, with longer conversations (4-12 questions a scene: more answers
+for each pass over the visual tokens) and a small learning rate. `--tower-from CHECKPOINT` takes stage 1 from a
+checkpoint of this recipe, `--resume-from CHECKPOINT` stages 1-2; either gives the same result as a full run."""
 
 import argparse
 import json
@@ -76,12 +77,13 @@ class ExampleMaker:
     """Scene -> one training conversation: views, grid, token ids and the spans of the answers to learn.
 
     Several questions about one scene go into one multi-turn conversation (as in LLaVA's training data),
-    so the vision tower and the long visual prefix are paid once for several answers."""
+    so the vision tower and the long visual prefix are paid once for several answers: min_turns to max_turns
+    draws, a question drawn twice asked once."""
 
-    def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6):
+    def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1):
         self.tokenizer = tokenizer
         self.processor = ImageProcessor(config)
-        self.max_turns = max_turns
+        self.min_turns, self.max_turns = min_turns, max_turns
         self.grid = config.raw_grid
         self.point_grid = config.point_grid
 
@@ -99,7 +101,7 @@ class ExampleMaker:
         the placeholder; positions in `ids` do not."""
         scene = random_scene(rng, **split)
         turns, asked = [], []
-        for _ in range(rng.randint(1, self.max_turns)):
+        for _ in range(rng.randint(self.min_turns, self.max_turns)):
             kind, question, answer, _ = sample_question(scene, rng, rng.choice(QUESTION_TYPES))
             if all(t.question != question for t in turns):
                 turns.append(Turn(question, answer))
@@ -466,7 +468,8 @@ WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # f
 def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: int = 800, projector_steps: int = 1000, projector_color_steps: int = 200,
           warmup_steps: int = 1400, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
-          save_every: int = 250, tower_from: Path | None = None) -> TokenPackerPipeline:  # fmt: skip
+          save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
+          polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -474,10 +477,13 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     answers' loss, the same at each question's key word, the dense probe on the point tokens (`patch_weight`)
     and the attention supervision (`attention_weight`; see `batch_loss`). The first `warmup_steps` use small
     canvases (few views: the LLM learns to find objects among 145-435 visual tokens before it meets 1450).
+    Stage 3: `polish_steps` more on the full range only, at `polish_lr`, each scene asked `polish_min_turns` to
+    `polish_max_turns` questions (duplicates dropped), without the dense probe.
 
-    Each stage starts from its own seeds (seed, seed + 1, seed + 2), so `tower_from` (a checkpoint of this
-    recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1 and the rest of the run is
-    the same as in a full one: for experiments on the later stages, 16 minutes sooner."""
+    Each stage starts from its own seeds (seed, seed + 1, seed + 2, seed + 3), so `tower_from` (a checkpoint of
+    this recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1, and `resume_from` (a
+    checkpoint of stages 1-2, i.e. with `polish_steps=0`) for stages 1-2, and the rest of the run is the same as
+    in a full one."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     started = time.time()
@@ -488,42 +494,98 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor)
     make = ExampleMaker(tokenizer, config, max_turns=max_turns)
 
-    if tower_from is None:
+    if resume_from is not None:
+        done = json.loads((Path(resume_from) / "training.json").read_text()).get("polish_steps", 0)
+        if done:
+            raise ValueError(f"{resume_from} has had stage 3 already ({done} steps); resume from a checkpoint of "
+                             "stages 1-2 (trained with --polish-steps 0)")  # fmt: skip
+        resumed = load(resume_from, device="cpu")
+        pieces = lambda t: [t.id_to_piece(i) for i in range(len(t))]
+        if pieces(resumed.tokenizer) != pieces(tokenizer):
+            raise ValueError(f"{resume_from}'s tokenizer is not this recipe's; resume from a checkpoint of this recipe")
+        model.load_state_dict(resumed.model.state_dict())
+    elif tower_from is None:
         pretrain_vision(model, head, make, rng, vision_steps, shape_steps, batch_size=6, lr=vision_lr, log_every=log_every)
     else:
         model.model.vision_tower.load_state_dict(load(tower_from, device="cpu").model.model.vision_tower.state_dict())
         print(f"stage 1: the tower of {tower_from}", flush=True)
     model.model.vision_tower.requires_grad_(False)
-    torch.manual_seed(seed + 1)
-    rng = random.Random(seed + 1)
-    pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr, log_every=log_every)
+    if resume_from is None:
+        torch.manual_seed(seed + 1)
+        rng = random.Random(seed + 1)
+        pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr, log_every=log_every)
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
-    model.train()
-    torch.manual_seed(seed + 2)
-    rng = random.Random(seed + 2)
     inference_attention = model.config._attn_implementation
     model.set_attn_implementation(TRAINING_ATTENTION)
+    model.train()
+    times = {}
+    if resume_from is None:
+        torch.manual_seed(seed + 2)
+        rng = random.Random(seed + 2)
 
+        def stage2_split(step: int) -> dict:  # small canvases first, then the task's full range
+            if step < warmup_steps:
+                return WARMUP_SPLIT
+            return SPLITS["small"] if rng.random() < small_share else SPLITS["standard"]
+
+        weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight)
+        times["seconds_stage2"], history, scores = train_mllm(
+            model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
+            save=lambda: pipeline.save_pretrained(out), save_every=save_every)  # fmt: skip
+    else:
+        print(f"stages 1-2: the model of {resume_from}", flush=True)
+    if polish_steps:
+        # Stage 3 starts from what stage 2 leaves and nothing else (the checkpoint holds all of it: a fresh
+        # TokenHead, its loss weighed 0; a fresh optimizer), so that `resume_from` gives what a full run gives.
+        torch.manual_seed(seed + 3)
+        rng = random.Random(seed + 3)
+        dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns)
+        full_range = lambda step: SPLITS["small"] if rng.random() < small_share else SPLITS["standard"]
+        weights = dict(key=key_weight, patch=0.0, attention=attention_weight)
+        polish_head = TokenHead(config.text_config.hidden_size, config.scale_factor)
+        times["seconds_stage3"], history, scores = train_mllm(
+            model, polish_head, dense, rng, polish_steps, polish_lr, batch_size, full_range, weights, log_every,
+            "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10)  # fmt: skip
+    model.set_attn_implementation(inference_attention)
+    recent = np.nanmean(history[-log_every:], axis=0)
+    summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
+               "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
+               "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
+               "attention_weight": attention_weight, "polish_steps": polish_steps, "polish_lr": polish_lr,
+               "polish_turns": [polish_min_turns, polish_max_turns],
+               "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
+               "torch": torch.__version__, "seconds_total": round(time.time() - started), **times,
+               "final_answer_loss": round(float(recent[0]), 4), "final_patch_loss": round(float(recent[1]), 4),
+               "final_train_accuracy": _accuracy_line(scores[-log_every:])}  # fmt: skip
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return TokenPackerPipeline(model.eval(), tokenizer, source=str(out))
+
+
+def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead, make: ExampleMaker, rng: random.Random, steps: int,
+               lr: float, batch_size: int, split_for_step, weights: dict, log_every: int, tag: str, save, save_every: int,
+               warmup: int | None = None) -> tuple[float, list, list]:  # fmt: skip
+    """Stages 2 and 3: the projector and the LLM (and the TokenHead) on multi-turn conversations, AdamW, a linear
+    warm-up (`warmup` steps, by default a 20th of the steps, at most 100) then one cosine to 0 over `steps`; the
+    scenes of each step from `split_for_step(step)`. Loss: the answers' + the weighted key-word, dense-probe and
+    attention terms (`batch_loss`). -> (seconds, per-step loss history, per-step answer scores)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     named += [(f"token_head.{n}", p) for n, p in token_head.named_parameters()]
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
                                   lr=lr, betas=(0.9, 0.98))  # fmt: skip
-    warmup = max(1, min(100, steps // 20))
+    warmup = warmup or max(1, min(100, steps // 20))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    stage2, history, scores = time.time(), [], []
+    start, history, scores = time.time(), [], []
     for step in range(steps):
-        if step < warmup_steps:
-            split = WARMUP_SPLIT
-        else:
-            split = SPLITS["small"] if rng.random() < small_share else SPLITS["standard"]
+        split = split_for_step(step)
         examples = [make(rng, split) for _ in range(batch_size)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             answer_loss, key_loss, patch_loss, attention_loss, masses, batch_scores = batch_loss(model, token_head, examples)
-        loss = answer_loss + key_weight * key_loss + patch_weight * patch_loss + attention_weight * attention_loss
+        loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
@@ -534,25 +596,13 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
             recent = np.nanmean(history[-log_every:], axis=0)
-            print(f"step {step + 1}/{steps}  answer loss {recent[0]:.4f}  key-word loss {recent[2]:.4f}  patch loss {recent[1]:.4f}  "
+            print(f"{tag} {step + 1}/{steps}  answer loss {recent[0]:.4f}  key-word loss {recent[2]:.4f}  patch loss {recent[1]:.4f}  "
                   f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f})  "
-                  f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - stage2:.0f}s  "
+                  f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s  "
                   f"train acc {_accuracy_line(scores[-log_every:])}", flush=True)  # fmt: skip
         if (step + 1) % save_every == 0 or step + 1 == steps:
-            pipeline.save_pretrained(out)  # a usable checkpoint at every stage of a long run
-
-    model.set_attn_implementation(inference_attention)
-    recent = np.nanmean(history[-log_every:], axis=0)
-    summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
-               "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
-               "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "tower_from": str(tower_from) if tower_from else None, "torch": torch.__version__,
-               "seconds_total": round(time.time() - started), "seconds_stage2": round(time.time() - stage2),
-               "final_answer_loss": round(float(recent[0]), 4), "final_patch_loss": round(float(recent[1]), 4),
-               "final_train_accuracy": _accuracy_line(scores[-log_every:])}  # fmt: skip
-    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary))
-    return TokenPackerPipeline(model.eval(), tokenizer, source=str(out))
+            save()  # a usable checkpoint at every stage of a long run
+    return time.time() - start, history, scores
 
 
 def _accuracy_line(batches: list[list[tuple[str, bool]]]) -> str:
@@ -581,10 +631,14 @@ def main(argv=None) -> None:
     parser.add_argument("--vision-lr", type=float, default=1e-3)
     parser.add_argument("--attention-weight", type=float, default=0.5, help="weight of the attention supervision")
     parser.add_argument("--tower-from", type=Path, help="take stage 1's tower from this checkpoint of the recipe")
+    parser.add_argument("--polish-steps", type=int, default=250, help="stage 3: full-range steps on longer conversations")
+    parser.add_argument("--polish-lr", type=float, default=2.5e-4, help="stage 3's peak learning rate")
+    parser.add_argument("--resume-from", type=Path, help="take stages 1-2 (the whole model) from this checkpoint of the recipe")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
-          attention_weight=args.attention_weight, tower_from=args.tower_from)
+          attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
+          polish_lr=args.polish_lr, resume_from=args.resume_from)
 
 
 if __name__ == "__main__":
