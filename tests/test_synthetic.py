@@ -224,6 +224,8 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path):
     assert any(not torch.equal(first[k], stage2[k]) for k in first)  # stage 3 did train
     with pytest.raises(ValueError, match="has had stage 3 already"):
         train(tmp_path / "e", **tiny, **polish, resume_from=tmp_path / "a")
+    with pytest.raises(ValueError, match="runs stage 3 only"):
+        train(tmp_path / "e", **tiny, polish_steps=0, resume_from=tmp_path / "stage2")
     reloaded = tokenpacker.load(tmp_path / "a", device="cpu")
     summary = json.loads((tmp_path / "a" / "training.json").read_text())
     assert reloaded.config.patch_num == 9 and summary["steps"] == 2 and summary["polish_steps"] == 2

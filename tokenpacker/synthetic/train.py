@@ -495,7 +495,12 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     make = ExampleMaker(tokenizer, config, max_turns=max_turns)
 
     if resume_from is not None:
-        done = json.loads((Path(resume_from) / "training.json").read_text()).get("polish_steps", 0)
+        if not polish_steps:
+            raise ValueError("--resume-from runs stage 3 only: give it --polish-steps > 0")
+        record = Path(resume_from) / "training.json"
+        if not record.is_file():
+            raise ValueError(f"{resume_from} is not a checkpoint of this recipe (no training.json)")
+        done = json.loads(record.read_text()).get("polish_steps", 0)
         if done:
             raise ValueError(f"{resume_from} has had stage 3 already ({done} steps); resume from a checkpoint of "
                              "stages 1-2 (trained with --polish-steps 0)")  # fmt: skip
