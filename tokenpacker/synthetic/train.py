@@ -8,6 +8,7 @@ patch_num 9. Everything is seeded (scenes, their noise, the model's initialisati
 the same checkpoint on the same machine. The defaults take about 87 minutes on the project's 2-core CPU,
 summed from the runs that made the shipped checkpoint (assets/default-model/training.log): stage 1 966 s, stages
 1b and 2 3495 s (reusing that tower with `--tower-from`), stage 3 729 s (from that checkpoint, `--resume-from`).
+In one piece on a slower day it took 94 minutes (experiments/polish/README.md, run O).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
