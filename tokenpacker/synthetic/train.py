@@ -343,7 +343,7 @@ def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray]) -> t
     return -log_mass.mean(), log_mass.detach().exp().mean().item()
 
 
-def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
+def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples):
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts; the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
@@ -355,7 +355,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead, examples):
         features, multi_level = tower(views)
     tokens = model.model.mm_projector(features, multi_level).tokens  # (all views, G*G, H)
     dense = torch.cat([labels for *_, labels in examples])
-    patch_loss = token_head.loss(tokens, dense)
+    patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, offset = [], [], [], [], 0
     supervised = {KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
     for prepared, ids, (spans, key_targets, answer_rows), _ in examples:
@@ -525,14 +525,13 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     model.set_attn_implementation(TRAINING_ATTENTION)
     model.train()
     times = {}
+    full_range = lambda rng: SPLITS["small"] if rng.random() < small_share else SPLITS["standard"]
     if resume_from is None:
         torch.manual_seed(seed + 2)
         rng = random.Random(seed + 2)
 
         def stage2_split(step: int) -> dict:  # small canvases first, then the task's full range
-            if step < warmup_steps:
-                return WARMUP_SPLIT
-            return SPLITS["small"] if rng.random() < small_share else SPLITS["standard"]
+            return WARMUP_SPLIT if step < warmup_steps else full_range(rng)
 
         weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight)
         times["seconds_stage2"], history, scores = train_mllm(
@@ -541,17 +540,15 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     else:
         print(f"stages 1-2: the model of {resume_from}", flush=True)
     if polish_steps:
-        # Stage 3 starts from what stage 2 leaves and nothing else (the checkpoint holds all of it: a fresh
-        # TokenHead, its loss weighed 0; a fresh optimizer), so that `resume_from` gives what a full run gives.
+        # Stage 3 starts from what stage 2 leaves and nothing else (the checkpoint holds all of it: no dense probe,
+        # whose TokenHead is not saved; a fresh optimizer), so that `resume_from` gives what a full run gives.
         torch.manual_seed(seed + 3)
         rng = random.Random(seed + 3)
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns)
-        full_range = lambda step: SPLITS["small"] if rng.random() < small_share else SPLITS["standard"]
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight)
-        polish_head = TokenHead(config.text_config.hidden_size, config.scale_factor)
         times["seconds_stage3"], history, scores = train_mllm(
-            model, polish_head, dense, rng, polish_steps, polish_lr, batch_size, full_range, weights, log_every,
-            "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10)  # fmt: skip
+            model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
+            log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10)  # fmt: skip
     model.set_attn_implementation(inference_attention)
     recent = np.nanmean(history[-log_every:], axis=0)
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
@@ -568,15 +565,15 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     return TokenPackerPipeline(model.eval(), tokenizer, source=str(out))
 
 
-def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead, make: ExampleMaker, rng: random.Random, steps: int,
+def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make: ExampleMaker, rng: random.Random, steps: int,
                lr: float, batch_size: int, split_for_step, weights: dict, log_every: int, tag: str, save, save_every: int,
                warmup: int | None = None) -> tuple[float, list, list]:  # fmt: skip
-    """Stages 2 and 3: the projector and the LLM (and the TokenHead) on multi-turn conversations, AdamW, a linear
+    """Stages 2 and 3: the projector and the LLM (and the TokenHead, if any) on multi-turn conversations, AdamW, a linear
     warm-up (`warmup` steps, by default a 20th of the steps, at most 100) then one cosine to 0 over `steps`; the
     scenes of each step from `split_for_step(step)`. Loss: the answers' + the weighted key-word, dense-probe and
     attention terms (`batch_loss`). -> (seconds, per-step loss history, per-step answer scores)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    named += [(f"token_head.{n}", p) for n, p in token_head.named_parameters()]
+    named += [(f"token_head.{n}", p) for n, p in token_head.named_parameters()] if token_head is not None else []
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
