@@ -290,3 +290,30 @@ def test_attention_probe_reads_the_models_own_attention():
     on_target = torch.stack([expected[0, [0, 2]].sum(), expected[1, 5], expected[2, 0]])
     assert mass == pytest.approx(on_target.mean().item(), abs=1e-5)
     assert loss.item() == pytest.approx(-on_target.log().mean().item(), abs=1e-4)
+
+
+def test_a_padded_training_batch_gives_each_conversation_what_it_gets_alone(task_tokenizer):
+    """`batch_loss` pads conversations of different lengths on the right and passes no attention mask (causal
+    attention keeps the padding out of every real token's view): the batch's answer loss is the token-weighted
+    mean of each conversation's own, its key-word loss the mean over all key words, its scores theirs."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import TRAINING_ATTENTION, WARMUP_SPLIT, batch_loss
+
+    torch.manual_seed(0)
+    config = default_config(task_tokenizer)
+    model = TokenPackerForCausalLM(config).eval()
+    model.set_attn_implementation(TRAINING_ATTENTION)
+    maker = ExampleMaker(task_tokenizer, config, max_turns=4)
+    rng = random.Random(3)
+    short, long_ = maker(rng, WARMUP_SPLIT), maker(rng, SPLITS["small"])  # one view; several views and turns
+    assert short[0].pixel_values.shape[0] < long_[0].pixel_values.shape[0]  # so the short one is padded
+    with torch.no_grad():
+        together = batch_loss(model, None, [short, long_])
+        alone = [batch_loss(model, None, [example]) for example in (short, long_)]
+    answer_tokens = [sum(end - start for start, end, _ in example[2][0]) for example in (short, long_)]
+    keys = [len(example[2][1]) for example in (short, long_)]
+    expected_answer = sum(n * a[0] for n, a in zip(answer_tokens, alone)) / sum(answer_tokens)
+    expected_key = sum(n * a[1] for n, a in zip(keys, alone)) / sum(keys)
+    torch.testing.assert_close(together[0], expected_answer, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together[1], expected_key, atol=1e-5, rtol=1e-4)
+    assert together[5] == alone[0][5] + alone[1][5]
