@@ -4,6 +4,8 @@ Handlers are thin: session + widget values in, a library call or a views.py/figu
 Library errors become readable notes in the chat; the model runs one generation at a time (queue).
 """
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 
 import gradio as gr
@@ -173,6 +175,7 @@ def build(runtime: ModelRuntime) -> gr.Blocks:
                     answer.notices.append("No image in this conversation: the answer comes from the text alone, "
                                           "so there is nothing to look inside.")  # fmt: skip
                 s.finish(answer)
+                _release_freed_heap()
                 yield s, s.messages(), _status(answer)
             except TokenPackerError as e:
                 s.drop_pending()
@@ -289,6 +292,25 @@ def _uploaded(path: str | None) -> bool:
         return False
     resolved = Path(path).resolve()
     return any(resolved.is_relative_to(Path(root).resolve()) for root in (get_upload_folder(), ASSETS / "examples"))
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()  # glibc, where there is one (Linux, as on Spaces)
+
+
+def _release_freed_heap() -> None:
+    """Give the heap that a finished answer freed back to the OS. glibc keeps freed blocks in per-thread arenas,
+    and with Gradio's worker threads a CPU server's RSS kept climbing: 8 clients x 60 answers took it from 625 to
+    1278 MB, and a trim brought it back to 718 (the objects were gone; the memory was not). A no-op without glibc."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 def _free_memory() -> None:
