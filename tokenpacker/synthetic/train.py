@@ -5,10 +5,10 @@
 CLIP-style tower at 336 px / patch 14 (the real 24 x 24 grid and 336 px HD tiles), the TokenPacker
 projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece tokenizer; HD slice mode with
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
-the same checkpoint on the same machine. The defaults take about 87 minutes on the project's 2-core CPU,
-summed from the runs that made the shipped checkpoint (assets/default-model/training.log): stage 1 966 s, stages
-1b and 2 3495 s (reusing that tower with `--tower-from`), stage 3 729 s (from that checkpoint, `--resume-from`).
-In one piece on a slower day it took 94 minutes (experiments/polish/README.md, run O).
+the same checkpoint on the same machine. The defaults made the shipped checkpoint in one piece in 4785 s = 80
+minutes on the project's 2-core CPU (run Q, assets/default-model/training.log: stage 1 891 s, stage 1b 373 s,
+stage 2 2789 s, stage 3 731 s). The machine's speed varies: on a slower afternoon the same recipe took 94
+minutes (run O, experiments/polish/README.md), about 92 with today's code (experiments/speed/README.md).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
@@ -381,8 +381,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     probe = AttentionProbe({layer: (torch.tensor([r for r, _, _ in rows]), torch.tensor([q for _, q, _ in rows]))
                             for layer, rows in supervised.items() if rows})  # fmt: skip
     # No attention mask: the padding is on the right, so under causal attention no real token sees it (the
-    # padded positions carry no label), and without a mask SDPA takes its causal kernel, which on this CPU
-    # runs a step in about 0.6 of the time the masked one takes, with the same gradients.
+    # padded positions carry no label), and without a mask SDPA takes its causal kernel: the same gradients bit
+    # for bit, a full-range batch's loss and backward in 1.8 s instead of 2.4 here (experiments/speed).
     logits = model(inputs_embeds=padded, attention_probe=probe).logits.float()
     attention = {layer: attention_mass_loss(probe.log_probs[layer], [t for *_, t in rows])
                  for layer, rows in supervised.items() if rows}  # fmt: skip
