@@ -176,7 +176,7 @@ ANSWERS = {
     "where": {"top left", "top center", "top right", "middle left", "center", "middle right", "bottom left",
               "bottom center", "bottom right"},
 }  # fmt: skip
-SHIPPED_ACCURACY_60 = 40 / 60  # measured on these 60 held-out questions when the checkpoint was shipped (see #5)
+SHIPPED_ACCURACY_60 = 35 / 60  # measured on these 60 held-out questions when the checkpoint was shipped (run Q, see #5)
 
 
 def test_the_default_model_answers_fresh_scenes(default_model):
