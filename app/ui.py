@@ -298,7 +298,7 @@ def _load_libc():
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c"))
         return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
+    except (OSError, TypeError):  # no C library found by that name (find_library gave None off Linux/macOS)
         return None
 
 
