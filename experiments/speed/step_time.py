@@ -25,8 +25,8 @@ def main() -> None:
     parser.add_argument("checkpoint", nargs="?", default="assets/default-model")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    model = load(Path(args.checkpoint), device="cpu").model
-    tokenizer = load(Path(args.checkpoint), device="cpu").tokenizer
+    pipeline = load(Path(args.checkpoint), device="cpu")
+    model, tokenizer = pipeline.model, pipeline.tokenizer
     model.train().requires_grad_(True)
     model.model.vision_tower.requires_grad_(False)
     model.set_attn_implementation(T.TRAINING_ATTENTION)
