@@ -1,12 +1,18 @@
 """Screen a stage-2 change cheaply: continue stage 2 of a checkpoint on one split and log teacher-forced accuracy.
 
     python experiments/end-to-end/screen.py CKPT STEPS [--tower] [--min-turns A --max-turns B] [--split warmup|standard]
+                                            [--oracle-position SCALE] [--save DIR]
 
 Starts from CKPT's tower, projector and LLM (a fresh TokenHead), trains as stage 2 does (`batch_loss`, same
-loss weights), at a constant learning rate. `--tower` trains the vision tower too (stage 2 freezes it)."""
+loss weights), at a constant learning rate. `--tower` trains the vision tower too (stage 2 freezes it).
+`--oracle-position SCALE` is a diagnostic, not a model change: it adds to every point token a fixed 2-D sine-cosine
+code of its place on the view's G x G grid (SCALE times the tokens' mean norm), so that the LLM gets position in the
+tokens for free, and shows whether `where` is then learnt (the bottleneck is getting position into the tokens) or
+not (it is the LLM's side)."""
 
 import argparse
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +22,9 @@ import torch
 from tokenpacker.loading import load
 from tokenpacker.synthetic import train as T
 from tokenpacker.synthetic.scenes import SPLITS
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "where-oracle"))
+from oracle import add_oracle_position  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("ckpt", type=Path)
@@ -27,6 +36,8 @@ parser.add_argument("--min-turns", type=int, default=1)
 parser.add_argument("--max-turns", type=int, default=8)
 parser.add_argument("--split", default="warmup")
 parser.add_argument("--seed", type=int, default=99)
+parser.add_argument("--oracle-position", type=float, default=0.0)
+parser.add_argument("--save", type=Path, help="save the screened model here")
 args = parser.parse_args()
 
 torch.manual_seed(args.seed)
@@ -36,6 +47,8 @@ model, tokenizer = pipe.model.train(), pipe.tokenizer
 model.requires_grad_(True)
 model.model.vision_tower.requires_grad_(args.tower)
 model.set_attn_implementation(T.TRAINING_ATTENTION)
+if args.oracle_position:
+    add_oracle_position(model, args.oracle_position)
 token_head = T.TokenHead(model.config.text_config.hidden_size, model.config.scale_factor)
 make = T.ExampleMaker(tokenizer, model.config, max_turns=args.max_turns, min_turns=args.min_turns)
 split = T.WARMUP_SPLIT if args.split == "warmup" else SPLITS[args.split]
@@ -59,3 +72,5 @@ for step in range(args.steps):
     if (step + 1) % 25 == 0:
         print(f"step {step + 1}  answers/step {np.mean(answers[-25:]):.1f}  {time.time() - start:.0f}s  "
               f"train acc {T._accuracy_line(scores[-25:])}", flush=True)
+if args.save:
+    pipe.save_pretrained(args.save)

@@ -1,0 +1,101 @@
+"""Does the object's position reach the `where` question's key word? Linear probes on the LLM's hidden states.
+
+    PYTHONPATH=. python experiments/where-oracle/key_word_probe.py CKPT N [--oracle SCALE] [--split warmup|standard]
+
+N fresh scenes, one `Where is the {color} {shape}?` each (teacher-forced prompt up to ASSISTANT:). At the object's
+centre token (in the global view, or the only view), at the key word (the shape word) and at the last prompt token (which predicts the answer's first word), the hidden state after each
+layer is collected; a logistic-regression probe per layer and position is fitted on 70% of the scenes for the answer's
+row (top / middle / bottom) and column (left / center / right), scored on the other 30% (chance about 0.33 each); hidden state 0 is the input embeddings, L the last layer's (after the final norm).
+`--oracle SCALE` adds the oracle position code to the point tokens first (`oracle.py`)."""
+
+import argparse
+import random
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tokenpacker.configuration import IMAGE_TOKEN_INDEX
+from tokenpacker.conversation import Turn, build_prompt
+from tokenpacker.image_processing import ImageProcessor
+from tokenpacker.layout import build_layout
+from tokenpacker.loading import load
+from tokenpacker.synthetic.scenes import SPLITS, random_scene, sample_question
+from tokenpacker.synthetic.train import WARMUP_SPLIT
+
+sys.path.insert(0, str(Path(__file__).parent))
+from oracle import add_oracle_position  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("ckpt")
+parser.add_argument("n", type=int)
+parser.add_argument("--oracle", type=float, default=0.0)
+parser.add_argument("--split", default="warmup")
+args = parser.parse_args()
+
+torch.manual_seed(0)
+pipe = load(args.ckpt, device="cpu")
+model, tokenizer = pipe.model.eval(), pipe.tokenizer
+if args.oracle:
+    add_oracle_position(model, args.oracle)
+processor = ImageProcessor(model.config)
+split = WARMUP_SPLIT if args.split == "warmup" else SPLITS[args.split]
+rows = {"top": 0, "middle": 1, "bottom": 2}
+columns = {"left": 0, "center": 1, "right": 2}
+rng = random.Random(31)
+states = {"object": [], "key word": [], "answer": []}  # position -> [(layers + 1, H)]
+labels = []
+with torch.no_grad():
+    while len(labels) < args.n:
+        scene = random_scene(rng, **split)
+        kind, question, answer, target = sample_question(scene, rng, "where")
+        if kind != "where":  # a scene with no object of a unique colour and shape gets another question
+            continue
+        ids = tokenizer.encode_with_image(build_prompt([Turn(question)]))
+        prepared = processor(scene.render())
+        features, multi_level = model.model.vision_tower(prepared.pixel_values)
+        visual = model.embed_visual_sequence(model.model.mm_projector(features, multi_level).tokens, prepared.grid)
+        embeds = model.build_inputs_embeds(torch.tensor(ids), visual)
+        hidden = torch.stack(model(inputs_embeds=embeds, output_hidden_states=True).hidden_states)[:, 0]  # (L+1, T, H)
+        shift = visual.shape[0] - 1
+        key_piece = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(question.rstrip("?").split()[-1])[0])
+        key = max(i for i, t in enumerate(ids) if t == key_piece) + shift
+        assert ids.index(IMAGE_TOKEN_INDEX) < key - shift
+        layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, model.config.point_grid,
+                              start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
+        x0, y0, x1, y1 = target.box
+        centre = layout.tokens_at((x0 + x1) / 2, (y0 + y1) / 2)[-1]  # the global view's (or only view's) token
+        states["object"].append(hidden[:, layout.positions[centre]])
+        states["key word"].append(hidden[:, key])
+        states["answer"].append(hidden[:, -1])
+        words = answer.split()
+        labels.append((rows["middle" if answer == "center" else words[0]], columns["center" if answer == "center" else words[-1]]))
+labels = torch.tensor(labels)
+cut = int(0.7 * args.n)
+
+
+def probe(x: torch.Tensor, y: torch.Tensor) -> float:
+    x = (x - x[:cut].mean(0)) / (x[:cut].std(0) + 1e-6)
+    weight = torch.zeros(x.shape[1], 3, requires_grad=True)
+    bias = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=200)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(x[:cut] @ weight + bias, y[:cut]) + 1e-2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return ((x[cut:] @ weight + bias).argmax(-1) == y[cut:]).float().mean().item()
+
+
+print(f"{args.ckpt}, oracle {args.oracle}, {args.split} split, {args.n} scenes ({args.n - cut} scored); "
+      f"majority row {labels[cut:, 0].bincount().max().item() / (args.n - cut):.2f}, column "
+      f"{labels[cut:, 1].bincount().max().item() / (args.n - cut):.2f}")
+for position, collected in states.items():
+    stacked = torch.stack(collected).float()  # (N, L+1, H)
+    for layer in range(stacked.shape[1]):
+        print(f"  {position:8s} hidden state {layer}: row {probe(stacked[:, layer], labels[:, 0]):.2f}  "
+              f"column {probe(stacked[:, layer], labels[:, 1]):.2f}")
