@@ -16,13 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tokenpacker.configuration import IMAGE_TOKEN_INDEX
-from tokenpacker.conversation import Turn, build_prompt
-from tokenpacker.image_processing import ImageProcessor
-from tokenpacker.layout import build_layout
 from tokenpacker.loading import load
-from tokenpacker.synthetic.scenes import SPLITS, random_scene, sample_question
-from tokenpacker.synthetic.train import WARMUP_SPLIT
+from tokenpacker.synthetic.scenes import COLUMNS, ROWS, SPLITS, random_scene, sample_question
+from tokenpacker.synthetic.train import WARMUP_SPLIT, key_word
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracle import add_oracle_position  # noqa: E402
@@ -34,15 +30,11 @@ parser.add_argument("--oracle", type=float, default=0.0)
 parser.add_argument("--split", default="warmup")
 args = parser.parse_args()
 
-torch.manual_seed(0)
 pipe = load(args.ckpt, device="cpu")
 model, tokenizer = pipe.model.eval(), pipe.tokenizer
 if args.oracle:
     add_oracle_position(model, args.oracle)
-processor = ImageProcessor(model.config)
 split = WARMUP_SPLIT if args.split == "warmup" else SPLITS[args.split]
-rows = {"top": 0, "middle": 1, "bottom": 2}
-columns = {"left": 0, "center": 1, "right": 2}
 rng = random.Random(31)
 states = {"object": [], "key word": [], "answer": []}  # position -> [(layers + 1, H)]
 labels = []
@@ -52,25 +44,21 @@ with torch.no_grad():
         kind, question, answer, target = sample_question(scene, rng, "where")
         if kind != "where":  # a scene with no object of a unique colour and shape gets another question
             continue
-        ids = tokenizer.encode_with_image(build_prompt([Turn(question)]))
-        prepared = processor(scene.render())
-        features, multi_level = model.model.vision_tower(prepared.pixel_values)
-        visual = model.embed_visual_sequence(model.model.mm_projector(features, multi_level).tokens, prepared.grid)
+        request = pipe.prepare(scene.render(), question)
+        ids, layout = request.input_ids, request.layout
+        visual = model.embed_visual_sequence(model.get_image_features(request.image.pixel_values).tokens, request.image.grid)
         embeds = model.build_inputs_embeds(torch.tensor(ids), visual)
         hidden = torch.stack(model(inputs_embeds=embeds, output_hidden_states=True).hidden_states)[:, 0]  # (L+1, T, H)
-        shift = visual.shape[0] - 1
-        key_piece = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(question.rstrip("?").split()[-1])[0])
+        shift = layout.length - 1  # the placeholder became the visual embeddings
+        key_piece = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(key_word(kind, question))[0])
         key = max(i for i, t in enumerate(ids) if t == key_piece) + shift
-        assert ids.index(IMAGE_TOKEN_INDEX) < key - shift
-        layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, model.config.point_grid,
-                              start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
         x0, y0, x1, y1 = target.box
         centre = layout.tokens_at((x0 + x1) / 2, (y0 + y1) / 2)[-1]  # the global view's (or only view's) token
         states["object"].append(hidden[:, layout.positions[centre]])
         states["key word"].append(hidden[:, key])
         states["answer"].append(hidden[:, -1])
-        words = answer.split()
-        labels.append((rows["middle" if answer == "center" else words[0]], columns["center" if answer == "center" else words[-1]]))
+        row, column = ("middle", "center") if answer == "center" else answer.split()
+        labels.append((ROWS.index(row), COLUMNS.index(column)))
 labels = torch.tensor(labels)
 cut = int(0.7 * args.n)
 
