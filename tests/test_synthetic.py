@@ -101,7 +101,7 @@ def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
     maker = ExampleMaker(tokenizer, default_config(tokenizer))
     rng = random.Random(TRAIN_SEED)
     for _ in range(3):
-        prepared, ids, (spans, keys, rows), _ = maker(rng, SPLITS["standard"])
+        prepared, ids, (spans, keys, rows, places), _ = maker(rng, SPLITS["standard"])
         assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans) == len(rows)
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, maker.point_grid,
                               start=ids.index(-200))  # fmt: skip
@@ -316,4 +316,57 @@ def test_a_padded_training_batch_gives_each_conversation_what_it_gets_alone(task
     expected_key = sum(n * a[1] for n, a in zip(keys, alone)) / sum(keys)
     torch.testing.assert_close(together[0], expected_answer, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(together[1], expected_key, atol=1e-5, rtol=1e-4)
-    assert together[5] == alone[0][5] + alone[1][5]
+    assert together[6] == alone[0][6] + alone[1][6]
+
+
+def test_where_questions_carry_the_place_their_answer_names(task_tokenizer):
+    """Each `where` question of a training conversation gives (its key word's position, the answer's row, its
+    column): what the WhereHead reads at the key word."""
+    from tokenpacker.synthetic.scenes import COLUMNS, ROWS
+
+    maker = ExampleMaker(task_tokenizer, default_config(task_tokenizer), max_turns=8)
+    rng, checked = random.Random(5), 0
+    while checked < 5:
+        _, ids, (spans, keys, _, places), _ = maker(rng, SPLITS["standard"])
+        assert len(places) == sum(kind == "where" for _, _, kind in spans)
+        for key, row, column in places:
+            start, end, kind = spans[[position for position, _, _ in keys].index(key)]
+            answer = task_tokenizer.decode(ids[start : end - 1]).strip()  # without its </s>
+            assert kind == "where" and answer == ("center" if (row, column) == (1, 1) else f"{ROWS[row]} {COLUMNS[column]}")
+            assert task_tokenizer.id_to_piece(ids[key]) in {"▁" + shape for shape in SHAPES}  # 'Where is the red circle?
+            checked += 1
+
+
+def test_the_where_read_out_trains_the_layers_up_to_the_retrieval_only(task_tokenizer):
+    """`batch_loss`'s `where` term reads the key word's hidden state after layer KEY_LAYER: its gradient reaches
+    that layer and the ones below, not the layers above; without a WhereHead the term is 0."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import KEY_LAYER, TRAINING_ATTENTION, WARMUP_SPLIT, WhereHead, batch_loss
+
+    torch.manual_seed(0)
+    config = default_config(task_tokenizer)
+    model = TokenPackerForCausalLM(config)
+    model.set_attn_implementation(TRAINING_ATTENTION)
+    maker, rng = ExampleMaker(task_tokenizer, config, max_turns=8), random.Random(2)
+    examples = []
+    while not examples:  # a conversation with a `where` question
+        example = maker(rng, WARMUP_SPLIT)
+        examples = [example] if example[2][3] else []
+    assert batch_loss(model, None, examples)[4].item() == 0
+    where_loss = batch_loss(model, None, examples, WhereHead(config.text_config.hidden_size))[4]
+    assert where_loss.item() > 0
+    where_loss.backward()
+    grad = lambda layer: sum(p.grad.abs().sum().item() for p in model.model.layers[layer].parameters() if p.grad is not None)
+    assert all(grad(layer) > 0 for layer in range(KEY_LAYER + 1))
+    assert all(grad(layer) == 0 for layer in range(KEY_LAYER + 1, config.text_config.num_hidden_layers))
+
+
+def test_the_towers_position_embedding_can_start_as_a_2d_sine_cosine_table():
+    from tokenpacker.synthetic.train import sincos_position_embedding
+
+    table = sincos_position_embedding(24, 64)  # class token + the 24 x 24 patches
+    assert table.shape == (577, 64) and torch.equal(table[0], torch.zeros(64))
+    torch.testing.assert_close(table[1:].norm(dim=1), torch.full((576,), 32**0.5))
+    same_row, same_column = table[1 + 3 * 24 + 5], table[1 + 3 * 24 + 9]  # row 3, columns 5 and 9
+    torch.testing.assert_close(same_row[:32], same_column[:32])  # the first half says the row
+    assert not torch.allclose(same_row[32:], same_column[32:])

@@ -48,7 +48,7 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
             start = time.time()
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                answer, key, _, attention, masses, _ = T.batch_loss(model, None, examples)
+                answer, key, _, attention, _, masses, _ = T.batch_loss(model, None, examples)
             (answer + key + 0.5 * attention).backward()
             seconds.append(time.time() - start)
         grad = torch.cat([p.grad.flatten() for p in model.model.mm_projector.parameters() if p.grad is not None])

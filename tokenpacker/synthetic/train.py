@@ -94,12 +94,13 @@ class ExampleMaker:
         return prepared.pixel_values, patch_labels(scene, prepared.views, self.grid)
 
     def __call__(self, rng: random.Random, split: dict):
-        """-> (prepared image, prompt ids, (answer spans, key words, answer rows), dense labels). An answer span
-        is (start, end, kind) in `ids`; a key word is (its position in `ids`, the answer's first informative
+        """-> (prepared image, prompt ids, (answer spans, key words, answer rows, places), dense labels). An answer
+        span is (start, end, kind) in `ids`; a key word is (its position in `ids`, the answer's first informative
         token, the sequence positions it should attend to: its objects' point tokens, or <s> when there are
         none); an answer row is (position in `ids` of the token that predicts the answer's first informative
-        token, its key word's position in `ids`). Sequence positions count the visual embeddings that replace
-        the placeholder; positions in `ids` do not."""
+        token, its key word's position in `ids`); a place is a `where` question's (key word's position in `ids`,
+        the answer's row index in ROWS, its column index in COLUMNS). Sequence positions count the visual
+        embeddings that replace the placeholder; positions in `ids` do not."""
         scene = random_scene(rng, **split)
         turns, asked = [], []
         for _ in range(rng.randint(self.min_turns, self.max_turns)):
@@ -113,7 +114,7 @@ class ExampleMaker:
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, self.point_grid,
                               start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
         masks = token_masks(labels, prepared.views, self.point_grid)
-        spans, keys, rows, previous_end = [], [], [], 0
+        spans, keys, rows, places, previous_end = [], [], [], [], 0
         for i, (turn, (kind, question, answer)) in enumerate(zip(turns, asked)):  # each answer (and its </s>) extends its prompt's tokens
             start = len(self.tokenizer.encode_with_image(build_prompt(turns[:i] + [Turn(turn.question)])))
             end = len(self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])))
@@ -129,8 +130,11 @@ class ExampleMaker:
                 # (mass on target 0.94 after 75 steps) and the answers learned no better: it sank on <s>
                 keys.append((found[0], ids[first], objects if len(objects) else np.array([0])))
                 rows.append((first - 1, found[0]))
+                if kind == "where":
+                    row, column = ("middle", "center") if answer == "center" else answer.split()
+                    places.append((found[0], ROWS.index(row), COLUMNS.index(column)))
             previous_end = end
-        return prepared, ids, (spans, keys, rows), labels
+        return prepared, ids, (spans, keys, rows, places), labels
 
 
 def key_word(kind: str, question: str) -> str:
@@ -304,6 +308,24 @@ class TokenHead(torch.nn.Module):
         return color_right, shape_right
 
 
+class WhereHead(torch.nn.Module):
+    """Training-only linear read-out of a `where` question's answer (the object's row and column of the 3 x 3
+    cells) from its key word's hidden state after layer KEY_LAYER, where head 0 is taught to find the object
+    (stage 2). It supervises the retrieval's output, not only where it looks: without it the key word knew its
+    object's row at chance after that layer even when every point token carried its own position (0.27-0.34;
+    with it 0.79, experiments/where-oracle)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.rows = torch.nn.Linear(width, len(ROWS))
+        self.columns = torch.nn.Linear(width, len(COLUMNS))
+
+    def loss(self, hidden: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """hidden: (Q, H) the key words' states; rows, columns: (Q,) the answers' indices."""
+        hidden = hidden.float()
+        return F.cross_entropy(self.rows(hidden), rows) + F.cross_entropy(self.columns(hidden), columns)
+
+
 TRAINING_ATTENTION = "tokenpacker_training_sdpa"
 KEY_LAYER, ANSWER_LAYER = 1, 2  # where head 0 is taught to find the key word's objects / the answer its key word
 
@@ -343,12 +365,13 @@ def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray]) -> t
     return -log_mass.mean(), log_mass.detach().exp().mean().item()
 
 
-def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples):
+def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples, where_head: WhereHead | None = None):
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts; the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
     layer KEY_LAYER, answer -> key word in ANSWER_LAYER, head 0) with the mean mass on target per layer;
-    and, per answer, (question type, whether every answer token was the argmax) to watch training."""
+    the `where` read-out of the key words' states after KEY_LAYER (`where_head`; 0 without one or without
+    `where` questions); and, per answer, (question type, whether every answer token was the argmax)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
     tower = model.model.vision_tower
     with torch.set_grad_enabled(any(p.requires_grad for p in tower.parameters())):
@@ -356,9 +379,9 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     tokens = model.model.mm_projector(features, multi_level).tokens  # (all views, G*G, H)
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
-    sequences, targets, answers, keys, offset = [], [], [], [], 0
+    sequences, targets, answers, keys, places, offset = [], [], [], [], [], 0
     supervised = {KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
-    for prepared, ids, (spans, key_targets, answer_rows), _ in examples:
+    for prepared, ids, (spans, key_targets, answer_rows, where_places), _ in examples:
         count = prepared.pixel_values.shape[0]
         visual = model.embed_visual_sequence(tokens[offset : offset + count], prepared.grid)
         offset += count
@@ -371,6 +394,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         keys += [(len(sequences), position + shift, target) for position, target, _ in key_targets]
         supervised[KEY_LAYER] += [(len(sequences), position + shift, objects) for position, _, objects in key_targets]
         supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in answer_rows]
+        places += [(len(sequences), key + shift, row, column) for key, row, column in where_places]
         sequences.append(embeds)
         targets.append(labels)
     length = max(s.shape[0] for s in sequences)
@@ -383,7 +407,16 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     # No attention mask: the padding is on the right, so under causal attention no real token sees it (the
     # padded positions carry no label), and without a mask SDPA takes its causal kernel: the same gradients bit
     # for bit, a full-range batch's loss and backward in 1.8 s instead of 2.4 here (experiments/speed).
-    logits = model(inputs_embeds=padded, attention_probe=probe).logits.float()
+    # The `where` read-out takes the key words' states after layer KEY_LAYER from a hook held for this forward
+    # only (`output_hidden_states` would leave transformers' output recorders on the layers for good)
+    read_where, after_key_layer = where_head is not None and bool(places), {}
+    record = lambda module, inputs, output: after_key_layer.update(hidden=output[0] if isinstance(output, tuple) else output)
+    hook = model.model.layers[KEY_LAYER].register_forward_hook(record) if read_where else None
+    try:
+        logits = model(inputs_embeds=padded, attention_probe=probe).logits.float()
+    finally:
+        if hook is not None:
+            hook.remove()
     attention = {layer: attention_mass_loss(probe.log_probs[layer], [t for *_, t in rows])
                  for layer, rows in supervised.items() if rows}  # fmt: skip
     attention_loss = sum((loss for loss, _ in attention.values()), logits.sum() * 0)
@@ -396,7 +429,12 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     # so the retrieval is learned without waiting for the answer position to first learn to find the word.
     rows, positions, key_targets = (torch.tensor(column) for column in zip(*keys)) if keys else (None, None, None)
     key_loss = F.cross_entropy(logits[rows, positions], key_targets) if keys else logits.sum() * 0
-    return answer_loss, key_loss, patch_loss, attention_loss, masses, scores
+    if read_where:
+        rows, positions, where_rows, where_columns = (torch.tensor(column) for column in zip(*places))
+        where_loss = where_head.loss(after_key_layer["hidden"][rows, positions], where_rows, where_columns)
+    else:
+        where_loss = logits.sum() * 0
+    return answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, scores
 
 
 def _update(optimizer: torch.optim.Optimizer, params: list, loss: torch.Tensor, lr: float) -> None:
@@ -465,6 +503,21 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
     print(f"projector: gate {gate} not reached in {steps} steps", flush=True)
 
 
+def sincos_position_embedding(grid: int, width: int) -> torch.Tensor:
+    """(1 + grid * grid, width): a 2-D sine-cosine table (MAE's) to start the tower's learned position embedding
+    from, in place of CLIP's random one: the row in the first half of the channels, the column in the second,
+    frequencies 1 / 10000^(i / (width / 4)), zeros for the class token. Each row has norm sqrt(width / 2), about a
+    patch embedding's, where CLIP's initialisation (std 0.02) leaves position ~35x weaker than content and the
+    content-only losses of stage 1 never ask for it (experiments/where-cell)."""
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (width / 4,)
+    index = torch.arange(grid, dtype=torch.float64)
+    rows, columns = torch.meshgrid(index, index, indexing="ij")  # (grid, grid) each
+    angles = lambda axis: axis.reshape(-1, 1) * omega  # (grid * grid, width / 4)
+    table = torch.cat([angles(rows).sin(), angles(rows).cos(), angles(columns).sin(), angles(columns).cos()], dim=1)
+    return torch.cat([torch.zeros(1, width, dtype=torch.float64), table]).float()
+
+
 WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # few views, big objects
 
 
@@ -472,7 +525,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           warmup_steps: int = 1400, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
-          polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None) -> TokenPackerPipeline:  # fmt: skip
+          polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 1.0,
+          sincos_position: bool = True) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -481,7 +535,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     and the attention supervision (`attention_weight`; see `batch_loss`). The first `warmup_steps` use small
     canvases (few views: the LLM learns to find objects among 145-435 visual tokens before it meets 1450).
     Stage 3: `polish_steps` more on the full range only, at `polish_lr`, each scene asked `polish_min_turns` to
-    `polish_max_turns` questions (duplicates dropped), without the dense probe.
+    `polish_max_turns` questions (duplicates dropped), without the dense probe. `where_weight`: stage 2's weight of
+    the `where` read-out at the key word (`WhereHead`; 0: none). `sincos_position`: the tower's position embedding
+    starts as a 2-D sine-cosine table (`sincos_position_embedding`), not CLIP's random one.
 
     Each stage starts from its own seeds (seed, seed + 1, seed + 2, seed + 3), so `tower_from` (a checkpoint of
     this recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1, and `resume_from` (a
@@ -496,6 +552,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers))
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor)
     make = ExampleMaker(tokenizer, config, max_turns=max_turns)
+    pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
     if resume_from is not None:
         if not polish_steps:
@@ -513,7 +570,12 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
             raise ValueError(f"{resume_from}'s tokenizer is not this recipe's; resume from a checkpoint of this recipe")
         model.load_state_dict(resumed.model.state_dict())
     elif tower_from is None:
+        if sincos_position:
+            with torch.no_grad():
+                model.model.vision_tower.vision_tower.embeddings.position_embedding.weight.copy_(
+                    sincos_position_embedding(config.raw_grid, config.vision_config.hidden_size))
         pretrain_vision(model, head, make, rng, vision_steps, shape_steps, batch_size=6, lr=vision_lr, log_every=log_every)
+        pipeline.save_pretrained(out)  # the tower, usable as `--tower-from` (later saves keep it: it stays frozen)
     else:
         model.model.vision_tower.load_state_dict(load(tower_from, device="cpu").model.model.vision_tower.state_dict())
         print(f"stage 1: the tower of {tower_from}", flush=True)
@@ -522,7 +584,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         torch.manual_seed(seed + 1)
         rng = random.Random(seed + 1)
         pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr, log_every=log_every)
-    pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
+        pipeline.save_pretrained(out)  # what reaches the LLM, before it trains
     inference_attention = model.config._attn_implementation
     model.set_attn_implementation(TRAINING_ATTENTION)
     model.train()
@@ -535,10 +597,11 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         def stage2_split(step: int) -> dict:  # small canvases first, then the task's full range
             return WARMUP_SPLIT if step < warmup_steps else full_range(rng)
 
-        weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight)
+        weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight)
+        where_head = WhereHead(config.text_config.hidden_size) if where_weight else None
         times["seconds_stage2"], history, scores = train_mllm(
             model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
-            save=lambda: pipeline.save_pretrained(out), save_every=save_every)  # fmt: skip
+            save=lambda: pipeline.save_pretrained(out), save_every=save_every, where_head=where_head)  # fmt: skip
     else:
         print(f"stages 1-2: the model of {resume_from}", flush=True)
     if polish_steps:
@@ -547,7 +610,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         torch.manual_seed(seed + 3)
         rng = random.Random(seed + 3)
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns)
-        weights = dict(key=key_weight, patch=0.0, attention=attention_weight)
+        weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
             log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10)  # fmt: skip
@@ -556,7 +619,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "polish_steps": polish_steps, "polish_lr": polish_lr,
+               "attention_weight": attention_weight, "where_weight": where_weight, "sincos_position": sincos_position,
+               "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
                "torch": torch.__version__, "seconds_total": round(time.time() - started), **times,
@@ -569,13 +633,14 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
 
 def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make: ExampleMaker, rng: random.Random, steps: int,
                lr: float, batch_size: int, split_for_step, weights: dict, log_every: int, tag: str, save, save_every: int,
-               warmup: int | None = None) -> tuple[float, list, list]:  # fmt: skip
-    """Stages 2 and 3: the projector and the LLM (and the TokenHead, if any) on multi-turn conversations, AdamW, a linear
+               warmup: int | None = None, where_head: WhereHead | None = None) -> tuple[float, list, list]:  # fmt: skip
+    """Stages 2 and 3: the projector and the LLM (and the TokenHead and WhereHead, if any) on multi-turn conversations, AdamW, a linear
     warm-up (`warmup` steps, by default a 20th of the steps, at most 100) then one cosine to 0 over `steps`; the
     scenes of each step from `split_for_step(step)`. Loss: the answers' + the weighted key-word, dense-probe and
-    attention terms (`batch_loss`). -> (seconds, per-step loss history, per-step answer scores)."""
+    attention and `where` terms (`batch_loss`). -> (seconds, per-step loss history, per-step answer scores)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     named += [(f"token_head.{n}", p) for n, p in token_head.named_parameters()] if token_head is not None else []
+    named += [(f"where_head.{n}", p) for n, p in where_head.named_parameters()] if where_head is not None else []
     decay = [p for n, p in named if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in named if not (p.ndim >= 2 and "embed" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
@@ -589,20 +654,23 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         split = split_for_step(step)
         examples = [make(rng, split) for _ in range(batch_size)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            answer_loss, key_loss, patch_loss, attention_loss, masses, batch_scores = batch_loss(model, token_head, examples)
+            answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
+                model, token_head, examples, where_head)
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
+        loss = loss + weights["where"] * where_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         optimizer.step()
         schedule.step()
         history.append((answer_loss.item(), patch_loss.item(), key_loss.item(), attention_loss.item(),
-                        masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan)))  # fmt: skip
+                        masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan), where_loss.item()))  # fmt: skip
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
             recent = np.nanmean(history[-log_every:], axis=0)
             print(f"{tag} {step + 1}/{steps}  answer loss {recent[0]:.4f}  key-word loss {recent[2]:.4f}  patch loss {recent[1]:.4f}  "
                   f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f})  "
+                  + (f"where read-out loss {recent[6]:.4f}  " if where_head is not None else "") +
                   f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s  "
                   f"train acc {_accuracy_line(scores[-log_every:])}", flush=True)  # fmt: skip
         if (step + 1) % save_every == 0 or step + 1 == steps:
@@ -639,11 +707,15 @@ def main(argv=None) -> None:
     parser.add_argument("--polish-steps", type=int, default=250, help="stage 3: full-range steps on longer conversations")
     parser.add_argument("--polish-lr", type=float, default=2.5e-4, help="stage 3's peak learning rate")
     parser.add_argument("--resume-from", type=Path, help="take stages 1-2 (the whole model) from this checkpoint of the recipe")
+    parser.add_argument("--where-weight", type=float, default=1.0, help="stage 2's weight of the `where` read-out (0: none)")
+    parser.add_argument("--position-start", choices=["sincos", "clip"], default="sincos",
+                        help="the tower's position embedding starts as a 2-D sine-cosine table or CLIP's random one")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
           attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
-          polish_lr=args.polish_lr, resume_from=args.resume_from)
+          polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
+          sincos_position=args.position_start == "sincos")
 
 
 if __name__ == "__main__":
