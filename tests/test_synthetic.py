@@ -201,16 +201,18 @@ def test_evaluate_reports_per_type_accuracy(default_model):
     assert set(report["per_type"]) <= set(QUESTION_TYPES)
 
 
-def test_training_runs_end_to_end_and_is_reproducible(tmp_path):
+@pytest.mark.parametrize("options", [{}, dict(where_weight=1.0, sincos_position=True)], ids=["default", "where-read-out"])
+def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
-    taken from a checkpoint that stopped before stage 3 (`resume_from`)."""
+    taken from a checkpoint that stopped before stage 3 (`resume_from`); with the `where` read-out and the
+    sine-cosine position start too (run R's options)."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
 
     tiny = dict(steps=2, vision_steps=2, shape_steps=1, projector_steps=2, projector_color_steps=1, warmup_steps=1,
-                batch_size=2, max_turns=2, log_every=1)  # fmt: skip
+                batch_size=2, max_turns=2, log_every=1, **options)  # fmt: skip
     polish = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
     for name in ("a", "b"):
         train(tmp_path / name, **tiny, **polish)
@@ -229,6 +231,8 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path):
     reloaded = tokenpacker.load(tmp_path / "a", device="cpu")
     summary = json.loads((tmp_path / "a" / "training.json").read_text())
     assert reloaded.config.patch_num == 9 and summary["steps"] == 2 and summary["polish_steps"] == 2
+    assert summary["where_weight"] == options.get("where_weight", 0.0)
+    assert summary["sincos_position"] == options.get("sincos_position", False)
 
 
 def test_boundary_patches_are_the_outline_of_each_object():

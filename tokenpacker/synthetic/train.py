@@ -19,7 +19,10 @@ question's key word (intermediate supervision); and attention supervision, which
 of waiting for it (the key word attends to the point tokens of the objects asked about, the answer to the key
 word). Stage 3 polishes on the full range only, with longer conversations (4-12 questions a scene: more answers
 for each pass over the visual tokens) and a small learning rate. `--tower-from CHECKPOINT` takes stage 1 from a
-checkpoint of this recipe, `--resume-from CHECKPOINT` stages 1-2; either gives the same result as a full run."""
+checkpoint of this recipe, `--resume-from CHECKPOINT` stages 1-2; either gives the same result as a full run.
+`--where-weight W` (a training-only read-out of `where` answers at the key word in stage 2) and `--position-start
+sincos` (the tower's position embedding starts as a 2-D sine-cosine table) are off by default: run R had both
+(experiments/where-readout/README.md) and was not shipped."""
 
 import argparse
 import json
@@ -525,8 +528,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           warmup_steps: int = 1400, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
-          polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 1.0,
-          sincos_position: bool = True) -> TokenPackerPipeline:  # fmt: skip
+          polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
+          sincos_position: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -707,8 +710,8 @@ def main(argv=None) -> None:
     parser.add_argument("--polish-steps", type=int, default=250, help="stage 3: full-range steps on longer conversations")
     parser.add_argument("--polish-lr", type=float, default=2.5e-4, help="stage 3's peak learning rate")
     parser.add_argument("--resume-from", type=Path, help="take stages 1-2 (the whole model) from this checkpoint of the recipe")
-    parser.add_argument("--where-weight", type=float, default=1.0, help="stage 2's weight of the `where` read-out (0: none)")
-    parser.add_argument("--position-start", choices=["sincos", "clip"], default="sincos",
+    parser.add_argument("--where-weight", type=float, default=0.0, help="stage 2's weight of the `where` read-out (0: none)")
+    parser.add_argument("--position-start", choices=["sincos", "clip"], default="clip",
                         help="the tower's position embedding starts as a 2-D sine-cosine table or CLIP's random one")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
