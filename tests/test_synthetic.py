@@ -337,7 +337,7 @@ def test_where_questions_carry_the_place_their_answer_names(task_tokenizer):
             start, end, kind = spans[[position for position, _, _ in keys].index(key)]
             answer = task_tokenizer.decode(ids[start : end - 1]).strip()  # without its </s>
             assert kind == "where" and answer == ("center" if (row, column) == (1, 1) else f"{ROWS[row]} {COLUMNS[column]}")
-            assert task_tokenizer.id_to_piece(ids[key]) in {"▁" + shape for shape in SHAPES}  # 'Where is the red circle?
+            assert task_tokenizer.id_to_piece(ids[key]) in {"▁" + shape for shape in SHAPES}  # 'circle' of 'Where is the red circle?'
             checked += 1
 
 

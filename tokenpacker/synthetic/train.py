@@ -411,7 +411,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     # padded positions carry no label), and without a mask SDPA takes its causal kernel: the same gradients bit
     # for bit, a full-range batch's loss and backward in 1.8 s instead of 2.4 here (experiments/speed).
     # The `where` read-out takes the key words' states after layer KEY_LAYER from a hook held for this forward
-    # only (`output_hidden_states` would leave transformers' output recorders on the layers for good)
+    # only: `output_hidden_states` leaves transformers' output recorders hooked on the layers, and a stage 3
+    # resumed from a checkpoint then no longer matched the full run's (its losses differed in the 4th digit)
     read_where, after_key_layer = where_head is not None and bool(places), {}
     record = lambda module, inputs, output: after_key_layer.update(hidden=output[0] if isinstance(output, tuple) else output)
     hook = model.model.layers[KEY_LAYER].register_forward_hook(record) if read_where else None
