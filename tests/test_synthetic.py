@@ -86,7 +86,7 @@ def test_rendering_and_dense_labels(task_tokenizer):
     maker = ExampleMaker(task_tokenizer, default_config(task_tokenizer))
     prepared = maker.processor(scene.render())
     labels = patch_labels(scene, prepared.views, 24)
-    assert prepared.grid == (1, 2) and labels.shape == (3, 3, 24, 24)
+    assert prepared.grid == (1, 2) and labels.shape == (3, 4, 24, 24)
     # The square spans pixels 72..128 of tile (0, 0): patches 5..9 at 14 px per patch.
     assert labels[0, 0, 7, 7] == colors[100, 100] and labels[0, 0, 20, 20] == 0 and labels[1, 0].max() == 0
     assert labels[0, 1, 7, 7] == 1 + SHAPES.index("square") and labels[0, 1, 4, 4] == 0
@@ -94,6 +94,12 @@ def test_rendering_and_dense_labels(task_tokenizer):
     # the thumbnail (672 x 336 fitted to 336 x 168, scale 1/2) pixel (50, 50): patch (3, 3); tile (0, 1) sees nothing.
     assert labels[0, 2].sum() == 1 and labels[0, 2, 7, 7] == 1 and labels[1, 2].sum() == 0
     assert labels[2, 2].sum() == 1 and labels[2, 2, 3, 3] == 1
+    # The 3 x 3 cell of the image under each thumbnail patch (patch centres every 28 image px from 14): the
+    # square's centre patch is top left (0), the image's last patch bottom right (8); the padding below the image
+    # (rows 12..23) and the tiles have none (-1).
+    assert labels[2, 3, 3, 3] == 0 and labels[2, 3, 11, 23] == 8 and labels[2, 3, 4, 8] == 4
+    assert labels[2, 3, 3, 7] == 0 and labels[2, 3, 3, 8] == 1 and labels[2, 3, 12:].max() == -1
+    assert labels[:2, 3].max() == -1
 
 
 def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
@@ -201,7 +207,9 @@ def test_evaluate_reports_per_type_accuracy(default_model):
     assert set(report["per_type"]) <= set(QUESTION_TYPES)
 
 
-@pytest.mark.parametrize("options", [{}, dict(where_weight=1.0, sincos_position=True)], ids=["default", "where-read-out"])
+@pytest.mark.parametrize("options", [{}, dict(where_weight=1.0, sincos_position=True),
+                                     dict(where_weight=1.0, sincos_position=True, cell_target=True)],
+                         ids=["default", "where-read-out", "where-read-out-and-cell"])  # fmt: skip
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
@@ -233,6 +241,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert reloaded.config.patch_num == 9 and summary["steps"] == 2 and summary["polish_steps"] == 2
     assert summary["where_weight"] == options.get("where_weight", 0.0)
     assert summary["sincos_position"] == options.get("sincos_position", False)
+    assert summary["cell_target"] == options.get("cell_target", False)
 
 
 def test_boundary_patches_are_the_outline_of_each_object():
@@ -374,3 +383,61 @@ def test_the_towers_position_embedding_can_start_as_a_2d_sine_cosine_table():
     same_row, same_column = table[1 + 3 * 24 + 5], table[1 + 3 * 24 + 9]  # row 3, columns 5 and 9
     torch.testing.assert_close(same_row[:32], same_column[:32])  # the first half says the row
     assert not torch.allclose(same_row[32:], same_column[32:])
+
+
+def test_a_point_token_takes_the_cell_of_its_objects_centre_patch(task_tokenizer):
+    """A point token whose region straddles a border of the 3 x 3 cells takes the cell of the patch holding an
+    object's centre (what `where` asks), else of its region's first patch; tiles and padding have none."""
+    from tokenpacker.image_processing import ImageProcessor
+    from tokenpacker.synthetic.train import token_labels
+
+    config = default_config(task_tokenizer)
+    circle = SceneObject("circle", "green", 200, 230, 40)  # just below the first row of cells (672 / 3 = 224)
+    scene = Scene(1008, 672, (240, 240, 240), 0.0, [circle], seed=0)
+    prepared = ImageProcessor(config)(scene.render())
+    labels = patch_labels(scene, prepared.views, config.raw_grid)
+    g = next(v.index for v in prepared.views if v.kind == "global")  # 1008 x 672 -> 336 x 224: 3 px per view px
+    # (200, 230) -> view (66.7, 76.7): patch (row 5, column 4), in token (2, 2) with patch row 4 (cell row 0)
+    assert labels[g, 2, 5, 4] == 1 and labels[g, 3, 5, 4] == 3 and labels[g, 3, 4, 4] == 0
+    tokens = token_labels(labels, config.scale_factor)  # (V, 4, G, G)
+    assert tokens.shape == (len(prepared.views), 4, 12, 12)
+    assert tokens[g, 3, 2, 2] == 3 and tokens[g, 2, 2, 2] == 1  # middle left, where the circle's centre is
+    assert tokens[g, 3, 1, 2] == 0 and tokens[g, 3, 11, 11] == -1  # the first patch's cell; padding below the image
+    assert (tokens[[v.index for v in prepared.views if v.kind != "global"], 3] == -1).all()
+    assert tokens[g, 0, 2, 2] == 1 + list(COLORS).index("green")
+    torch.testing.assert_close(tokens[:, :3], torch.nn.functional.max_pool2d(labels[:, :3].float(), 2).long())
+
+
+def test_balanced_step_gives_each_loss_the_same_gradient_norm():
+    """Stage 1b's update with the cell: the sum of each loss's gradient scaled to norm 1, whatever its scale."""
+    from tokenpacker.synthetic.train import balanced_step
+
+    w = torch.nn.Parameter(torch.zeros(3))
+    a, b = torch.tensor([3.0, 4.0, 0.0]), torch.tensor([0.0, 0.0, 0.5])
+    optimizer = torch.optim.SGD([w], lr=1.0)
+    balanced_step(optimizer, [w], [100 * (w @ a), w @ b], lr=0.1)
+    torch.testing.assert_close(w.detach(), -0.1 * torch.tensor([0.6, 0.8, 1.0]))
+
+
+def test_token_head_losses_by_name_and_the_cell_on_object_tokens_only():
+    from tokenpacker.synthetic.train import TokenHead
+
+    torch.manual_seed(0)
+    plain = TokenHead(8, 2)
+    torch.manual_seed(0)
+    head = TokenHead(8, 2, cells=True)
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), head.parameters()))  # the cell head comes last
+    tokens = torch.randn(1, 4, 8)  # a 4 x 4-patch view -> 2 x 2 point tokens
+    labels = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    labels[0, 3] = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [3, 3, 4, 4], [3, 3, 4, 4]])  # cells per patch
+    labels[0, 0, 2:, 2:], labels[0, 1, 2:, 2:], labels[0, 2, 2, 2] = 2, 3, 1  # an object in the last token's region
+    losses = head.losses(tokens, labels)
+    assert list(losses) == ["colour", "shape", "centre", "cell"] and list(plain.losses(tokens, labels)) == list(losses)[:3]
+    torch.testing.assert_close(head.loss(tokens, labels), sum(losses.values()))
+    torch.testing.assert_close(plain.loss(tokens, labels), losses["colour"] + losses["shape"] + losses["centre"])
+    expected_cell = torch.nn.functional.cross_entropy(head.cells(tokens[0, 3:]), torch.tensor([4]))
+    torch.testing.assert_close(losses["cell"], expected_cell)
+    colour_without_background = torch.nn.functional.cross_entropy(head.colors(tokens[0, 3:]), torch.tensor([2]))
+    torch.testing.assert_close(head.losses(tokens, labels, background=0.0)["colour"], colour_without_background)
+    colour, shape, cell = head.accuracy(tokens, labels)
+    assert cell == float(head.cells(tokens[0, 3]).argmax() == 4) and np.isnan(plain.accuracy(tokens, labels)[2])

@@ -194,11 +194,14 @@ def attention_target(kind: str, question: str, answer: str, masks: dict[str, np.
 
 
 def patch_labels(scene, views, grid: int, samples: int = 4) -> torch.Tensor:
-    """(V, 3, R, R) dense targets for each view's CLIP patches: colour and shape index of the object seen in
+    """(V, 4, R, R) dense targets for each view's CLIP patches: colour and shape index of the object seen in
     the patch (0 = background; a patch counts an object when any of its samples x samples points hits it),
-    and 1 where the patch holds an object's centre (what counting needs: one mark per object)."""
+    1 where the patch holds an object's centre (what counting needs: one mark per object), and the 3 x 3 cell
+    of the image (0-8, row by row) under the patch's centre in the global view or the only view (what `where`
+    needs; -1 in the tiles and on padding)."""
     colors, shapes = (np.asarray(m) for m in scene.render_labels())
-    out = np.zeros((len(views), 3, grid, grid), dtype=np.int64)
+    out = np.zeros((len(views), 4, grid, grid), dtype=np.int64)
+    out[:, 3] = -1
     offsets = (np.arange(samples) + 0.5) / samples
     for view in views:
         step = view.size / grid
@@ -218,6 +221,12 @@ def patch_labels(scene, views, grid: int, samples: int = 4) -> torch.Tensor:
             u, v = view.from_image(obj.cx, obj.cy)
             if 0 <= u < view.size and 0 <= v < view.size:
                 out[view.index, 2, int(v / step), int(u / step)] = 1
+        if len(views) == 1 or view.kind == "global":
+            xs, ys = view.to_image(*(((np.arange(grid) + 0.5) * step,) * 2))  # the patches' centres in the image
+            column = np.where((xs >= 0) & (xs < scene.width), np.minimum(2, (3 * xs / scene.width).astype(int)), -1)
+            row = np.where((ys >= 0) & (ys < scene.height), np.minimum(2, (3 * ys / scene.height).astype(int)), -1)
+            placed = (row[:, None] >= 0) & (column[None, :] >= 0)
+            out[view.index, 3] = np.where(placed, 3 * row[:, None] + column[None, :], -1)
     return torch.from_numpy(out)
 
 
@@ -235,80 +244,118 @@ def boundary(colors: torch.Tensor) -> torch.Tensor:
 
 class PatchHead(torch.nn.Module):
     """Training-only read-out of the tower's multi-level features per patch (stage 1): colour and object centre
-    linearly, shape through a small MLP. With a linear shape read-out the tower never learns shape in the
-    steps we can afford (outline accuracy stays at chance); through the MLP it does, and then a linear probe
-    reads shape from its features too (what the projector and the LLM need)."""
+    linearly, shape through a small MLP, and with `cells` the patch's 3 x 3 cell of the image linearly. With a
+    linear shape read-out the tower never learns shape in the steps we can afford (outline accuracy stays at
+    chance); through the MLP it does, and then a linear probe reads shape from its features too (what the
+    projector and the LLM need)."""
 
-    def __init__(self, width: int, hidden: int = 256):
+    def __init__(self, width: int, hidden: int = 256, cells: bool = False):
         super().__init__()
         self.colors = torch.nn.Linear(width, 1 + len(COLORS))
         self.centres = torch.nn.Linear(width, 2)
         self.shapes = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
                                           torch.nn.GELU(), torch.nn.Linear(hidden, len(SHAPES)))  # fmt: skip
+        self.cells = torch.nn.Linear(width, 9) if cells else None  # created last: without it, the same initialisation
 
     def loss(self, multi_level: torch.Tensor, labels: torch.Tensor, shape_only: bool = False) -> torch.Tensor:
-        """multi_level: (V, R*R, L*C); labels: (V, 3, R, R). Shape on the objects' outline patches only (inside
+        """multi_level: (V, R*R, L*C); labels: (V, 4, R, R). Shape on the objects' outline patches only (inside
         a big object a patch cannot see the outline: a target it cannot meet drowns the signal); colour over
-        every patch, the background (most of a view) weighted 0.2; object centres."""
+        every patch, the background (most of a view) weighted 0.2; object centres; with `cells`, the cell of every
+        global-view patch that has one (the tower's features hold no position until asked: a probe read it at
+        chance, and TokenPacker's point tokens see only their own region, experiments/where-cell)."""
         x = multi_level.flatten(0, 1)
-        colors, shapes, centres = labels.flatten(2).unbind(1)  # (V, R*R) each
-        colors, shapes, centres = colors.reshape(-1), shapes.reshape(-1), centres.reshape(-1)
+        colors, shapes, centres, cells = (column.reshape(-1) for column in labels.flatten(2).unbind(1))  # (V*R*R,) each
         edge = boundary(labels[:, 0]).reshape(-1)
         shape_loss = F.cross_entropy(self.shapes(x[edge]).float(), shapes[edge] - 1) if edge.any() else x.sum() * 0
         if shape_only:
             return shape_loss
         weight = torch.where(colors > 0, 1.0, 0.2)
         color_loss = (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum()
-        return shape_loss + color_loss + F.cross_entropy(self.centres(x).float(), centres)
+        loss = shape_loss + color_loss + F.cross_entropy(self.centres(x).float(), centres)
+        placed = cells >= 0
+        if self.cells is not None and placed.any():
+            loss = loss + F.cross_entropy(self.cells(x[placed]).float(), cells[placed])
+        return loss
 
     @torch.no_grad()
-    def accuracy(self, multi_level: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-        """(colour accuracy on object patches, shape accuracy on outline patches)."""
+    def accuracy(self, multi_level: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
+        """(colour accuracy on object patches, shape accuracy on outline patches, cell accuracy; nan without `cells`)."""
         x = multi_level.flatten(0, 1)
-        colors, shapes = labels[:, 0].reshape(-1), labels[:, 1].reshape(-1)
-        objects, edge = colors > 0, boundary(labels[:, 0]).reshape(-1)
+        colors, shapes, cells = labels[:, 0].reshape(-1), labels[:, 1].reshape(-1), labels[:, 3].reshape(-1)
+        objects, edge, placed = colors > 0, boundary(labels[:, 0]).reshape(-1), cells >= 0
         color_right = (self.colors(x[objects]).argmax(-1) == colors[objects]).float().mean().item()
         shape_right = (self.shapes(x[edge]).argmax(-1) == shapes[edge] - 1).float().mean().item()
-        return color_right, shape_right
+        cell_right = np.nan
+        if self.cells is not None and placed.any():
+            cell_right = (self.cells(x[placed]).argmax(-1) == cells[placed]).float().mean().item()
+        return color_right, shape_right, cell_right
+
+
+def token_labels(labels: torch.Tensor, scale: int) -> torch.Tensor:
+    """(V, 4, R, R) patch labels -> (V, 4, G, G) point-token labels: colour, shape and centre by the region's
+    maximum (any object beats background); the cell of the region's patch that holds an object's centre (so an
+    object's centre token says the cell `where` asks for, even when its region straddles a cell border), else
+    of the region's first patch."""
+    V, _, R, _ = labels.shape
+    G = R // scale
+    pooled = F.max_pool2d(labels[:, :3].float(), scale).long()
+    regions = lambda channel: labels[:, channel].reshape(V, G, scale, G, scale).permute(0, 1, 3, 2, 4).flatten(3)
+    centre_patch = regions(2).argmax(-1, keepdim=True)  # (V, G, G, 1): the first patch when none is a centre
+    cells = regions(3).gather(-1, centre_patch)[..., 0]
+    return torch.cat([pooled, cells[:, None]], dim=1)
 
 
 class TokenHead(torch.nn.Module):
-    """Training-only linear probe on the projector's point tokens (stage 2): what lies in each token's s x s
-    region (colour, shape, object centre; 0 = background). Linear, so the LLM's attention can match on it."""
+    """Training-only linear probe on the projector's point tokens (stages 1b and 2): what lies in each token's
+    s x s region (colour, shape, object centre; 0 = background) and, with `cells`, the object tokens' 3 x 3 cell
+    of the image (see `token_labels`). Linear, so the LLM's attention can match on it."""
 
-    def __init__(self, width: int, scale: int):
+    def __init__(self, width: int, scale: int, cells: bool = False):
         super().__init__()
         self.scale = scale
         self.colors = torch.nn.Linear(width, 1 + len(COLORS))
         self.shapes = torch.nn.Linear(width, 1 + len(SHAPES))
         self.centres = torch.nn.Linear(width, 2)
+        self.cells = torch.nn.Linear(width, 9) if cells else None  # created last: without it, the same initialisation
+
+    def losses(self, tokens: torch.Tensor, labels: torch.Tensor, background: float = 0.2) -> dict[str, torch.Tensor]:
+        """tokens: (V, G*G, H); labels: (V, 4, R, R), see `token_labels`. By name: colour over every token, the
+        background weighted `background`; shape over the object tokens only (over all tokens the background class
+        dominates and the loss is met without shape); object centres; with `cells`, the object tokens' cell."""
+        x = tokens.flatten(0, 1)
+        colors, shapes, centres, cells = (c.reshape(-1) for c in token_labels(labels, self.scale).flatten(2).unbind(1))
+        objects = colors > 0
+        weight = torch.where(objects, 1.0, background)
+        none = x.sum() * 0
+        losses = {
+            "colour": (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum(),
+            "shape": F.cross_entropy(self.shapes(x[objects]).float(), shapes[objects]) if objects.any() else none,
+            "centre": F.cross_entropy(self.centres(x).float(), centres),
+        }
+        if self.cells is not None:
+            placed = objects & (cells >= 0)
+            losses["cell"] = F.cross_entropy(self.cells(x[placed]).float(), cells[placed]) if placed.any() else none
+        return losses
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor, color_only: bool = False) -> torch.Tensor:
-        """tokens: (V, G*G, H); labels: (V, 3, R, R) pooled to (V, 3, G, G) by the region maximum. Colour over
-        every token, the background weighted 0.2; shape over the object tokens only (over all tokens the
-        background class dominates and the loss is met without shape); object centres. `color_only`: the
-        colour term alone (stage 1b starts with it: learnt beside shape from the start, colour is crowded out)."""
-        x = tokens.flatten(0, 1)
-        colors, shapes, centres = F.max_pool2d(labels.float(), self.scale).long().flatten(2).unbind(1)  # (V, G*G) each
-        colors, shapes, centres = colors.reshape(-1), shapes.reshape(-1), centres.reshape(-1)
-        objects = colors > 0
-        weight = torch.where(objects, 1.0, 0.2)
-        color_loss = (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum()
-        if color_only:
-            return color_loss
-        shape_loss = F.cross_entropy(self.shapes(x[objects]).float(), shapes[objects]) if objects.any() else x.sum() * 0
-        return color_loss + shape_loss + F.cross_entropy(self.centres(x).float(), centres)
+        """The sum of `losses`; `color_only`: the colour term alone (run Q's stage 1b starts with it: learnt beside
+        shape from the start, colour is crowded out)."""
+        losses = self.losses(tokens, labels)
+        return losses["colour"] if color_only else sum(losses.values())
 
     @torch.no_grad()
-    def accuracy(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-        """(colour accuracy, shape accuracy) on the object tokens."""
+    def accuracy(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
+        """(colour accuracy, shape accuracy) on the object tokens, cell accuracy on the objects' centre tokens
+        (nan without `cells`)."""
         x = tokens.flatten(0, 1)
-        colors, shapes = F.max_pool2d(labels[:, :2].float(), self.scale).long().flatten(2).unbind(1)
-        colors, shapes = colors.reshape(-1), shapes.reshape(-1)
-        objects = colors > 0
+        colors, shapes, centres, cells = (c.reshape(-1) for c in token_labels(labels, self.scale).flatten(2).unbind(1))
+        objects, placed = colors > 0, (centres > 0) & (cells >= 0)
         color_right = (self.colors(x[objects]).argmax(-1) == colors[objects]).float().mean().item()
         shape_right = (self.shapes(x[objects]).argmax(-1) == shapes[objects]).float().mean().item()
-        return color_right, shape_right
+        cell_right = np.nan
+        if self.cells is not None and placed.any():
+            cell_right = (self.cells(x[placed]).argmax(-1) == cells[placed]).float().mean().item()
+        return color_right, shape_right, cell_right
 
 
 class WhereHead(torch.nn.Module):
@@ -471,9 +518,28 @@ def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "Examp
         _update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *head.accuracy(multi_level.detach(), labels)))  # on data not yet trained on
         if (step + 1) % log_every == 0:
-            loss_, color, shape = np.mean(history[-log_every:], axis=0)
+            with_cells = head.cells is not None
+            loss_, color, shape, cell = (np.nanmean if with_cells else np.mean)(history[-log_every:], axis=0)
             print(f"vision step {step + 1}/{steps}  patch loss {loss_:.4f}  object colour acc {color:.3f}  "
-                  f"outline shape acc {shape:.3f}  {time.time() - start:.0f}s", flush=True)  # fmt: skip
+                  f"outline shape acc {shape:.3f}  " + (f"cell acc {cell:.3f}  " if with_cells else "") +
+                  f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
+
+
+def balanced_step(optimizer: torch.optim.Optimizer, params: list, losses: list[torch.Tensor], lr: float) -> None:
+    """One step on the sum of the losses' gradients, each scaled to norm 1 (stage 1b with the cell): on the plain
+    sum the term learnt first crowds out the others (colour first: the cell never joined, 0.16-0.21 after 800
+    steps; cell first: colour stayed at chance; experiments/where-cell)."""
+    total = [torch.zeros_like(p) for p in params]
+    for loss in losses:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, params)]
+        norm = torch.sqrt(sum((g.float() ** 2).sum() for g in grads)) + 1e-12
+        total = [t + g / norm for t, g in zip(total, grads)]
+    for p, g in zip(params, total):
+        p.grad = g
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
 
 
 def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, make: "ExampleMaker", rng: random.Random,
@@ -482,9 +548,13 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
     tokens, through the linear TokenHead: colour alone for `color_steps`, then all three until the object
     tokens' colour and shape accuracy (mean over the last `log_every` steps) both pass `gate`, at most `steps`
     in all. Without this stage the tower's shape (linear probe 0.82) reached the point tokens at 0.36 after
-    all of stage 2; with colour and shape learnt together from the start, shape crowded colour out (0.27)."""
+    all of stage 2; with colour and shape learnt together from the start, shape crowded colour out (0.27).
+    With the TokenHead's cell (run H's stage 1b, experiments/where-cell), each term's gradient at the same norm
+    (`balanced_step`), colour without its background class (else it sits on a 'background everywhere' plateau
+    while the other terms take over), and the gate needs the centre tokens' cell too."""
     params = list(model.model.mm_projector.parameters()) + list(token_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    with_cells = token_head.cells is not None
     start, history = time.time(), []
     for step in range(steps):
         color_only = step < color_steps
@@ -494,15 +564,24 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
         with torch.no_grad():
             features, multi_level = model.model.vision_tower(views)
         tokens = model.model.mm_projector(features, multi_level).tokens  # (V, G*G, H)
-        loss = token_head.loss(tokens, labels, color_only)
-        _update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
+        step_lr = lr * min(1.0, (step + 1) / 50)
+        if with_cells:
+            losses = token_head.losses(tokens, labels, background=0.0)
+            terms = [losses["colour"]] if color_only else list(losses.values())
+            balanced_step(optimizer, params, terms, step_lr)
+            loss = sum(terms)
+        else:
+            loss = token_head.loss(tokens, labels, color_only)
+            _update(optimizer, params, loss, step_lr)
         history.append((loss.item(), *token_head.accuracy(tokens.detach(), labels)))
         if (step + 1) % log_every == 0:
-            loss_, color, shape = np.mean(history[-log_every:], axis=0)
+            loss_, color, shape, cell = (np.nanmean if with_cells else np.mean)(history[-log_every:], axis=0)
             print(f"projector step {step + 1}/{steps}{' (colour only)' if color_only else ''}  token loss {loss_:.4f}  "
-                  f"object colour acc {color:.3f}  object shape acc {shape:.3f}  {time.time() - start:.0f}s", flush=True)  # fmt: skip
-            if not color_only and color > gate and shape > gate:
-                print(f"projector: colour and shape past {gate} after {step + 1} steps", flush=True)
+                  f"object colour acc {color:.3f}  object shape acc {shape:.3f}  "
+                  + (f"centre-token cell acc {cell:.3f}  " if with_cells else "") +
+                  f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
+            if not color_only and color > gate and shape > gate and (not with_cells or cell > gate):
+                print(f"projector: colour{', shape and cell' if with_cells else ' and shape'} past {gate} after {step + 1} steps", flush=True)
                 return
     print(f"projector: gate {gate} not reached in {steps} steps", flush=True)
 
@@ -530,7 +609,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
-          sincos_position: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          sincos_position: bool = False, cell_target: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -541,7 +620,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     Stage 3: `polish_steps` more on the full range only, at `polish_lr`, each scene asked `polish_min_turns` to
     `polish_max_turns` questions (duplicates dropped), without the dense probe. `where_weight`: stage 2's weight of
     the `where` read-out at the key word (`WhereHead`; 0: none). `sincos_position`: the tower's position embedding
-    starts as a 2-D sine-cosine table (`sincos_position_embedding`), not CLIP's random one.
+    starts as a 2-D sine-cosine table (`sincos_position_embedding`), not CLIP's random one. `cell_target`: the 3 x 3
+    cell of the image is a target of the tower's patches (stage 1, with colour) and of the object point tokens
+    (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`).
 
     Each stage starts from its own seeds (seed, seed + 1, seed + 2, seed + 3), so `tower_from` (a checkpoint of
     this recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1, and `resume_from` (a
@@ -553,8 +634,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     tokenizer = LlamaTokenizer.train(tokenizer_corpus(), out, vocab_size=500, hard_vocab_limit=False)  # saved into `out`
     config = default_config(tokenizer)
     model = TokenPackerForCausalLM(config).train()
-    head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers))
-    token_head = TokenHead(config.text_config.hidden_size, config.scale_factor)
+    head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers), cells=cell_target)
+    token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target)
     make = ExampleMaker(tokenizer, config, max_turns=max_turns)
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
@@ -623,7 +704,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "sincos_position": sincos_position,
+               "attention_weight": attention_weight, "where_weight": where_weight, "sincos_position": sincos_position, "cell_target": cell_target,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -714,12 +795,14 @@ def main(argv=None) -> None:
     parser.add_argument("--where-weight", type=float, default=0.0, help="stage 2's weight of the `where` read-out (0: none)")
     parser.add_argument("--position-start", choices=["sincos", "clip"], default="clip",
                         help="the tower's position embedding starts as a 2-D sine-cosine table or CLIP's random one")
+    parser.add_argument("--cell-target", action="store_true",
+                        help="the 3 x 3 cell as a target of the tower's patches and the object point tokens (stages 1-2)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
           attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
-          sincos_position=args.position_start == "sincos")
+          sincos_position=args.position_start == "sincos", cell_target=args.cell_target)
 
 
 if __name__ == "__main__":
