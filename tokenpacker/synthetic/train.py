@@ -152,7 +152,7 @@ def key_word(kind: str, question: str) -> str:
 
 
 def token_masks(labels: torch.Tensor, views, point_grid: int) -> dict[str, np.ndarray]:
-    """Point-token masks (V, G, G) from dense patch labels (V, 3, R, R): a token shows what any patch of its
+    """Point-token masks (V, G, G) from dense patch labels (V, 4, R, R): a token shows what any patch of its
     s x s region shows. 'color{c}' / 'shape{k}' (1-based indices), 'centre' and 'centre{k}' (the patch holding
     an object's centre, of shape k), and per view 'global' (the thumbnail, or the only view) / 'local' (the
     tiles, or the only view)."""
