@@ -214,7 +214,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
     taken from a checkpoint that stopped before stage 3 (`resume_from`); with the `where` read-out and the
-    sine-cosine position start too (run R's options)."""
+    sine-cosine position start too (run R's options), and with the cell target besides (run S's)."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
