@@ -506,6 +506,7 @@ def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "Examp
     join, on small canvases and the task's full range half and half."""
     params = list(model.model.vision_tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    with_cells = head.cells is not None
     start, history = time.time(), []
     for step in range(steps):
         shape_only = step < shape_steps
@@ -518,7 +519,6 @@ def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "Examp
         _update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *head.accuracy(multi_level.detach(), labels)))  # on data not yet trained on
         if (step + 1) % log_every == 0:
-            with_cells = head.cells is not None
             loss_, color, shape, cell = (np.nanmean if with_cells else np.mean)(history[-log_every:], axis=0)
             print(f"vision step {step + 1}/{steps}  patch loss {loss_:.4f}  object colour acc {color:.3f}  "
                   f"outline shape acc {shape:.3f}  " + (f"cell acc {cell:.3f}  " if with_cells else "") +
