@@ -374,6 +374,36 @@ def test_the_where_read_out_trains_the_layers_up_to_the_retrieval_only(task_toke
     assert all(grad(layer) == 0 for layer in range(KEY_LAYER + 1, config.text_config.num_hidden_layers))
 
 
+def test_the_where_read_out_starts_at_its_step(task_tokenizer):
+    """`train_mllm`'s `where_start`: before that step the `where` term is left out of the loss, so the WhereHead
+    stays as initialised and the model trains exactly as without a WhereHead; from it on, the head trains."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import TRAINING_ATTENTION, WARMUP_SPLIT, WhereHead, train_mllm
+
+    config = default_config(task_tokenizer)
+    maker = ExampleMaker(task_tokenizer, config, max_turns=8)
+
+    def run(where_start: int, with_head: bool = True):
+        torch.manual_seed(0)
+        model = TokenPackerForCausalLM(config).train()
+        model.model.vision_tower.requires_grad_(False)
+        model.set_attn_implementation(TRAINING_ATTENTION)
+        head = WhereHead(config.text_config.hidden_size) if with_head else None
+        initial = {k: v.clone() for k, v in head.state_dict().items()} if with_head else {}
+        weights = dict(key=1.0, patch=0.0, attention=0.5, where=1.0)
+        train_mllm(model, None, maker, random.Random(3), 2, 8e-4, 2, lambda step: WARMUP_SPLIT, weights, log_every=1,
+                   tag="step", save=lambda: None, save_every=100, where_head=head, where_start=where_start)  # fmt: skip
+        moved = with_head and any(not torch.equal(initial[k], v) for k, v in head.state_dict().items())
+        return model.state_dict(), moved
+
+    late, late_moved = run(where_start=2)  # both steps before the start
+    without, _ = run(where_start=0, with_head=False)
+    started, started_moved = run(where_start=1)
+    assert not late_moved and started_moved
+    assert all(torch.equal(late[k], without[k]) for k in late)
+    assert any(not torch.equal(late[k], started[k]) for k in late)
+
+
 def test_the_towers_position_embedding_can_start_as_a_2d_sine_cosine_table():
     from tokenpacker.synthetic.train import sincos_position_embedding
 

@@ -609,7 +609,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
-          sincos_position: bool = False, cell_target: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          where_start: int = 0, sincos_position: bool = False, cell_target: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -619,7 +619,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     canvases (few views: the LLM learns to find objects among 145-435 visual tokens before it meets 1450).
     Stage 3: `polish_steps` more on the full range only, at `polish_lr`, each scene asked `polish_min_turns` to
     `polish_max_turns` questions (duplicates dropped), without the dense probe. `where_weight`: stage 2's weight of
-    the `where` read-out at the key word (`WhereHead`; 0: none). `sincos_position`: the tower's position embedding
+    the `where` read-out at the key word (`WhereHead`; 0: none), from stage 2's step `where_start` on (before it
+    the read-out is neither trained nor trains the LLM). `sincos_position`: the tower's position embedding
     starts as a 2-D sine-cosine table (`sincos_position_embedding`), not CLIP's random one. `cell_target`: the 3 x 3
     cell of the image is a target of the tower's patches (stage 1, with colour) and of the object point tokens
     (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`).
@@ -686,7 +687,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         where_head = WhereHead(config.text_config.hidden_size) if where_weight else None
         times["seconds_stage2"], history, scores = train_mllm(
             model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
-            save=lambda: pipeline.save_pretrained(out), save_every=save_every, where_head=where_head)  # fmt: skip
+            save=lambda: pipeline.save_pretrained(out), save_every=save_every, where_head=where_head,
+            where_start=where_start)  # fmt: skip
     else:
         print(f"stages 1-2: the model of {resume_from}", flush=True)
     if polish_steps:
@@ -704,7 +706,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "sincos_position": sincos_position, "cell_target": cell_target,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -718,11 +720,11 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
 
 def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make: ExampleMaker, rng: random.Random, steps: int,
                lr: float, batch_size: int, split_for_step, weights: dict, log_every: int, tag: str, save, save_every: int,
-               warmup: int | None = None, where_head: WhereHead | None = None) -> tuple[float, list, list]:  # fmt: skip
+               warmup: int | None = None, where_head: WhereHead | None = None, where_start: int = 0) -> tuple[float, list, list]:  # fmt: skip
     """Stages 2 and 3: the projector and the LLM (and the TokenHead and WhereHead, if any) on multi-turn conversations, AdamW, a linear
     warm-up (`warmup` steps, by default a 20th of the steps, at most 100) then one cosine to 0 over `steps`; the
     scenes of each step from `split_for_step(step)`. Loss: the answers' + the weighted key-word, dense-probe and
-    attention and `where` terms (`batch_loss`). -> (seconds, per-step loss history, per-step answer scores)."""
+    attention and `where` terms (`batch_loss`; the `where` term from step `where_start` on). -> (seconds, per-step loss history, per-step answer scores)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     named += [(f"token_head.{n}", p) for n, p in token_head.named_parameters()] if token_head is not None else []
     named += [(f"where_head.{n}", p) for n, p in where_head.named_parameters()] if where_head is not None else []
@@ -742,7 +744,8 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
                 model, token_head, examples, where_head)
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
-        loss = loss + weights["where"] * where_loss
+        if step >= where_start:  # before it the WhereHead gets no gradient (AdamW skips it) and the LLM none from it
+            loss = loss + weights["where"] * where_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
@@ -793,6 +796,7 @@ def main(argv=None) -> None:
     parser.add_argument("--polish-lr", type=float, default=2.5e-4, help="stage 3's peak learning rate")
     parser.add_argument("--resume-from", type=Path, help="take stages 1-2 (the whole model) from this checkpoint of the recipe")
     parser.add_argument("--where-weight", type=float, default=0.0, help="stage 2's weight of the `where` read-out (0: none)")
+    parser.add_argument("--where-start", type=int, default=0, help="stage 2's first step with the `where` read-out")
     parser.add_argument("--position-start", choices=["sincos", "clip"], default="clip",
                         help="the tower's position embedding starts as a 2-D sine-cosine table or CLIP's random one")
     parser.add_argument("--cell-target", action="store_true",
@@ -802,7 +806,7 @@ def main(argv=None) -> None:
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
           attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
-          sincos_position=args.position_start == "sincos", cell_target=args.cell_target)
+          where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target)
 
 
 if __name__ == "__main__":
