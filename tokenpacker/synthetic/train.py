@@ -20,9 +20,10 @@ of waiting for it (the key word attends to the point tokens of the objects asked
 word). Stage 3 polishes on the full range only, with longer conversations (4-12 questions a scene: more answers
 for each pass over the visual tokens) and a small learning rate. `--tower-from CHECKPOINT` takes stage 1 from a
 checkpoint of this recipe, `--resume-from CHECKPOINT` stages 1-2; either gives the same result as a full run.
-`--where-weight W` (a training-only read-out of `where` answers at the key word in stage 2) and `--position-start
-sincos` (the tower's position embedding starts as a 2-D sine-cosine table) are off by default: run R had both
-(experiments/where-readout/README.md) and was not shipped."""
+`--where-weight W` (a training-only read-out of `where` answers at the key word in stage 2, from step
+`--where-start`), `--position-start sincos` (the tower's position embedding starts as a 2-D sine-cosine table) and
+`--cell-target` are off by default: runs R, S and T had them (experiments/where-readout, where-cell-readout and
+where-late-readout) and were not shipped."""
 
 import argparse
 import json
