@@ -33,16 +33,18 @@ def main() -> None:
     pipeline = load(args.model, device="cpu")
     rng = random.Random(EVAL_SEED)
     settings = SamplingSettings(max_new_tokens=6, num_alternatives=0)
-    by_tiles, by_size, by_both = defaultdict(list), defaultdict(list), defaultdict(list)
+    by_tiles, by_size = defaultdict(list), defaultdict(list)
+    config = pipeline.model.config
+    view = config.vision_config.image_size  # 336
     for i in range(args.n):
         scene = random_scene(rng, **SPLITS["standard"])
         asked_kind, question, expected, target = sample_question(scene, rng, QUESTION_TYPES[i % len(QUESTION_TYPES)])
         ok = pipeline.ask(scene.render(), question, settings=settings).text == expected
-        tiles = choose_partition(scene.height, scene.width).num_tiles
+        tiles = choose_partition(scene.height, scene.width, config.patch_num, view).num_tiles
         by_tiles[(bucket_tiles(tiles), asked_kind)].append(ok)
         by_tiles[(bucket_tiles(tiles), "all")].append(ok)
         if target is not None:
-            side = target.size * 336 / max(scene.width, scene.height)
+            side = target.size * view / max(scene.width, scene.height)  # the thumbnail's (or only view's) scale
             by_size[(bucket_size(side), asked_kind)].append(ok)
             by_size[(bucket_size(side), "with a target")].append(ok)
     for title, table in [("by tiles", by_tiles), ("by target side in the global view", by_size)]:
