@@ -10,7 +10,7 @@ import torch
 import tokenpacker
 from tokenpacker.layout import build_layout
 from tokenpacker.loading import DEFAULT_MODEL
-from tokenpacker.synthetic.evaluate import EVAL_SEED, evaluate
+from tokenpacker.synthetic.evaluate import EVAL_SEED, answered_questions, evaluate
 from tokenpacker.synthetic.scenes import (
     COLORS, QUESTION_TYPES, SHAPES, SPLITS, Scene, SceneObject, cell_name, questions, random_scene, sample_question,
 )  # fmt: skip
@@ -205,6 +205,16 @@ def test_evaluate_reports_per_type_accuracy(default_model):
     report = evaluate(default_model, "standard", n=12, seed=EVAL_SEED + 1, grounding=False)
     assert report["n"] == 12 and sum(report["per_type_n"].values()) == 12 and 0 <= report["accuracy"] <= 1
     assert set(report["per_type"]) <= set(QUESTION_TYPES)
+    records = list(answered_questions(default_model, "standard", n=12, seed=EVAL_SEED + 1))
+    assert len(records) == 12 and all(r.grounding_ratio is None for r in records)
+    for kind, accuracy in report["per_type"].items():  # the report is the records summed up
+        answers = [r.correct for r in records if r.kind == kind]
+        assert len(answers) == report["per_type_n"][kind] and np.mean(answers) == accuracy
+    first = records[0]  # the first question is the evaluation's: the seed's first scene, the first type
+    rng = random.Random(EVAL_SEED + 1)
+    scene = random_scene(rng, **SPLITS["standard"])
+    assert first.scene == scene and (first.kind, first.question, first.expected, first.target) == sample_question(
+        scene, rng, QUESTION_TYPES[0])  # fmt: skip
 
 
 @pytest.mark.parametrize("options", [{}, dict(where_weight=1.0, sincos_position=True),

@@ -3,18 +3,15 @@ object asked about (its side in pixels of the global view, 336 px for the longer
 
     PYTHONPATH=. python experiments/full-range/breakdown.py --model assets/default-model --n 300
 
-The scenes and questions are exactly `evaluate-default --split standard`'s (same seed, same draws).
+The scenes, questions and answers are `evaluate-default --split standard`'s (`answered_questions`).
 """
 
 import argparse
-import random
 from collections import defaultdict
 
-from tokenpacker.generation import SamplingSettings
 from tokenpacker.loading import load
 from tokenpacker.partition import choose_partition
-from tokenpacker.synthetic.evaluate import EVAL_SEED
-from tokenpacker.synthetic.scenes import QUESTION_TYPES, SPLITS, random_scene, sample_question
+from tokenpacker.synthetic.evaluate import answered_questions
 
 
 def bucket_tiles(tiles: int) -> str:
@@ -31,21 +28,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=300)
     args = parser.parse_args()
     pipeline = load(args.model, device="cpu")
-    rng = random.Random(EVAL_SEED)
-    settings = SamplingSettings(max_new_tokens=6, num_alternatives=0)
     by_tiles, by_size = defaultdict(list), defaultdict(list)
     config = pipeline.model.config
     view = config.vision_config.image_size  # 336
-    for i in range(args.n):
-        scene = random_scene(rng, **SPLITS["standard"])
-        asked_kind, question, expected, target = sample_question(scene, rng, QUESTION_TYPES[i % len(QUESTION_TYPES)])
-        ok = pipeline.ask(scene.render(), question, settings=settings).text == expected
+    for record in answered_questions(pipeline, "standard", args.n):
+        scene, kind, ok = record.scene, record.kind, record.correct
         tiles = choose_partition(scene.height, scene.width, config.patch_num, view).num_tiles
-        by_tiles[(bucket_tiles(tiles), asked_kind)].append(ok)
+        by_tiles[(bucket_tiles(tiles), kind)].append(ok)
         by_tiles[(bucket_tiles(tiles), "all")].append(ok)
-        if target is not None:
-            side = target.size * view / max(scene.width, scene.height)  # the thumbnail's (or only view's) scale
-            by_size[(bucket_size(side), asked_kind)].append(ok)
+        if record.target is not None:
+            side = record.target.size * view / max(scene.width, scene.height)  # the thumbnail's (or only view's) scale
+            by_size[(bucket_size(side), kind)].append(ok)
             by_size[(bucket_size(side), "with a target")].append(ok)
     for title, table in [("by tiles", by_tiles), ("by target side in the global view", by_size)]:
         print(title)

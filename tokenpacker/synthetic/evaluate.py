@@ -2,8 +2,10 @@
 
     python -m tokenpacker evaluate-default [--split standard|small] [--n N] [--max-tiles K] [--grounding]
 
-Scenes come from a seed never used in training; question types are cycled so each is equally present.
-An answer is correct when the generated text equals the expected answer exactly.
+Scenes come from a seed never used in training; question types are cycled, and a type that cannot be asked
+about a scene falls back to another one (`sample_question`), so the per-type counts differ a little; the report
+lists each. `answered_questions` yields every question with its scene and answer, for breakdowns; `evaluate`
+sums them up. An answer is correct when the generated text equals the expected answer exactly.
 Grounding (for "What color is the {shape}?"): the composed attention map (answer attention of the whole
 answer, averaged over all layers, head mean, pushed through the region-to-point weights and splatted on
 the original image) has a share inside the target object's box at least 3x the box's share of the image.
@@ -12,11 +14,12 @@ the original image) has a share inside the target object's box at least 3x the b
 import random
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..generation import SamplingSettings
-from .scenes import QUESTION_TYPES, SPLITS, random_scene, sample_question
+from .scenes import QUESTION_TYPES, SPLITS, Scene, SceneObject, random_scene, sample_question
 
 EVAL_SEED = 20_260_917  # held out: training draws from random.Random(TRAIN_SEED) only
 
@@ -35,22 +38,43 @@ def grounding_ratio(trace, box) -> float:
     return float(inside / area)
 
 
-def evaluate(pipeline, split: str = "standard", n: int = 200, max_tiles: int | None = None, seed: int = EVAL_SEED,
-             grounding: bool = False, progress=None) -> dict:  # fmt: skip
+@dataclass
+class AnsweredQuestion:
+    scene: Scene
+    kind: str  # the question type asked (after any fallback)
+    question: str
+    expected: str
+    answer: str  # the generated text
+    target: SceneObject | None  # the object asked about, if the question names one
+    grounding_ratio: float | None = None  # only for grounding runs, on "color" questions
+
+    @property
+    def correct(self) -> bool:
+        return self.answer == self.expected
+
+
+def answered_questions(pipeline, split: str = "standard", n: int = 200, max_tiles: int | None = None,
+                       seed: int = EVAL_SEED, grounding: bool = False):  # fmt: skip
+    """The evaluation's n questions, one AnsweredQuestion each, in order (greedy answers, at most 6 tokens)."""
     rng = random.Random(seed)
-    per_type = defaultdict(list)
-    ratios = []
     settings = SamplingSettings(max_new_tokens=6, num_alternatives=0)
     for i in range(n):
         scene = random_scene(rng, **SPLITS[split])
-        kind = QUESTION_TYPES[i % len(QUESTION_TYPES)]
-        if grounding:
-            kind = "color"
+        kind = "color" if grounding else QUESTION_TYPES[i % len(QUESTION_TYPES)]
         asked_kind, question, expected, target = sample_question(scene, rng, kind)
         answer = pipeline.ask(scene.render(), question, settings=settings, max_tiles=max_tiles, capture=grounding)
-        per_type[asked_kind].append(answer.text == expected)
-        if grounding and asked_kind == "color":
-            ratios.append(grounding_ratio(answer.trace, target.box))
+        ratio = grounding_ratio(answer.trace, target.box) if grounding and asked_kind == "color" else None
+        yield AnsweredQuestion(scene, asked_kind, question, expected, answer.text, target, ratio)
+
+
+def evaluate(pipeline, split: str = "standard", n: int = 200, max_tiles: int | None = None, seed: int = EVAL_SEED,
+             grounding: bool = False, progress=None) -> dict:  # fmt: skip
+    per_type = defaultdict(list)
+    ratios = []
+    for i, record in enumerate(answered_questions(pipeline, split, n, max_tiles, seed, grounding)):
+        per_type[record.kind].append(record.correct)
+        if record.grounding_ratio is not None:
+            ratios.append(record.grounding_ratio)
         if progress:
             progress(i + 1, n)
     results = [ok for oks in per_type.values() for ok in oks]
