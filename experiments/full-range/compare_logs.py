@@ -1,7 +1,12 @@
-"""Stage 2's teacher-forced means over the full range of canvases, at matched full-range steps: run T (full range
-from step 1400) against another run whose full range starts at step 800 (run U).
+"""Stage 2's teacher-forced means over the full range of canvases, at matched full-range steps, for runs whose
+full range starts at different stage-2 steps (run T at 1400, U at 800, V at 400).
 
-    python experiments/full-range/compare_logs.py experiments/full-range/run-u-training.log   # -> run-u-vs-t-stage2.txt
+    python experiments/full-range/compare_logs.py T=experiments/where-late-readout/run-t-training.log:1400 \
+        U=experiments/full-range/run-u-training.log:800 V=experiments/full-range/run-v-training.log:400
+    # -> run-v-vs-u-vs-t-stage2.txt
+
+Each row: the runs' means of [key word's attention mass on the target, colour, shape, count, count_shape, exists,
+where] over the logged steps of that block of full-range steps ('-' where a run has none).
 """
 
 import re
@@ -11,7 +16,8 @@ import numpy as np
 
 LINE = re.compile(r"step (\d+)/\d+ .*key word ([\d.]+).*train acc color ([\d.]+) shape ([\d.]+) count ([\d.]+) "
                   r"count_shape ([\d.]+) exists ([\d.]+) where ([\d.]+)")  # fmt: skip
-BLOCKS = [(25, 100), (125, 200), (225, 300), (325, 400), (425, 500), (525, 600), (625, 700), (725, 780)]
+BLOCKS = [(25, 100), (125, 200), (225, 300), (325, 400), (425, 500), (525, 600), (625, 700), (725, 800),
+          (825, 900), (925, 960)]  # fmt: skip
 
 
 def stage2_lines(path: str) -> dict[int, list[float]]:
@@ -26,11 +32,16 @@ def block_mean(lines: dict, full_range_start: int, first: int, last: int) -> str
 
 
 def main() -> None:
-    run_t = stage2_lines("experiments/where-late-readout/run-t-training.log")
-    other = stage2_lines(sys.argv[1])
-    print("full-range steps  run T (from 1400): key colour shape count count_shape exists where | run U (from 800)")
+    runs = []  # (name, lines, full-range start)
+    for argument in sys.argv[1:]:
+        name, rest = argument.split("=", 1)
+        path, start = rest.rsplit(":", 1)
+        runs.append((name, stage2_lines(path), int(start)))
+    print("full-range steps  " + "  |  ".join(f"run {name} (from {start})" for name, _, start in runs)
+          + ": key colour shape count count_shape exists where")  # fmt: skip
     for first, last in BLOCKS:
-        print(f"{first:4d}-{last:4d}  T: {block_mean(run_t, 1400, first, last)}  |  U: {block_mean(other, 800, first, last)}")
+        print(f"{first:4d}-{last:4d}  " + "  |  ".join(f"{name}: {block_mean(lines, start, first, last)}"
+                                                      for name, lines, start in runs))  # fmt: skip
 
 
 if __name__ == "__main__":
