@@ -107,7 +107,7 @@ def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
     maker = ExampleMaker(tokenizer, default_config(tokenizer))
     rng = random.Random(TRAIN_SEED)
     for _ in range(3):
-        prepared, ids, (spans, keys, rows, places), _ = maker(rng, SPLITS["standard"])
+        prepared, ids, (spans, keys, rows, places, links), _ = maker(rng, SPLITS["standard"])
         assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans) == len(rows)
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, maker.point_grid,
                               start=ids.index(-200))  # fmt: skip
@@ -350,7 +350,7 @@ def test_where_questions_carry_the_place_their_answer_names(task_tokenizer):
     maker = ExampleMaker(task_tokenizer, default_config(task_tokenizer), max_turns=8)
     rng, checked = random.Random(5), 0
     while checked < 5:
-        _, ids, (spans, keys, _, places), _ = maker(rng, SPLITS["standard"])
+        _, ids, (spans, keys, _, places, _), _ = maker(rng, SPLITS["standard"])
         assert len(places) == sum(kind == "where" for _, _, kind in spans)
         for key, row, column in places:
             start, end, kind = spans[[position for position, _, _ in keys].index(key)]
@@ -358,6 +358,42 @@ def test_where_questions_carry_the_place_their_answer_names(task_tokenizer):
             assert kind == "where" and answer == ("center" if (row, column) == (1, 1) else f"{ROWS[row]} {COLUMNS[column]}")
             assert task_tokenizer.id_to_piece(ids[key]) in {"▁" + shape for shape in SHAPES}  # 'circle' of 'Where is the red circle?'
             checked += 1
+
+
+def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
+    """With `colour_link`, each `where`/`exists` question gives (its key word, the colour word's last piece), and
+    `batch_loss` supervises head 0 of layer COLOUR_LINK_LAYER there (its mass logged); without, no links and the
+    losses are the same as before."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import COLOUR_LINK_LAYER, TRAINING_ATTENTION, batch_loss
+
+    config = default_config(task_tokenizer)
+    plain, linked = (ExampleMaker(task_tokenizer, config, max_turns=8, colour_link=flag) for flag in (False, True))
+    examples, checked = [], 0
+    for seed in range(4):
+        example, same = linked(random.Random(seed), SPLITS["standard"]), plain(random.Random(seed), SPLITS["standard"])
+        _, ids, (spans, keys, _, _, links), _ = example
+        assert same[1] == ids and same[2][4] == [] and [same[2][i] == example[2][i] for i in (0, 2, 3)] == [True] * 3
+        assert [k[:2] for k in same[2][1]] == [k[:2] for k in keys]  # the flag adds links, nothing else
+        linked_keys = [position for (position, _, _), (_, _, kind) in zip(keys, spans) if kind in ("where", "exists")]
+        assert [key for key, _ in links] == linked_keys
+        for key, colour in links:
+            assert task_tokenizer.id_to_piece(ids[key]) in {"▁" + shape for shape in SHAPES}
+            words = task_tokenizer.decode(ids[colour - 3 : key + 1]).split()
+            assert words[-2] in COLORS and task_tokenizer.decode(ids[colour : key]).strip() in words[-2]
+            checked += 1
+        examples.append((example, same))
+    assert checked >= 4
+    torch.manual_seed(0)
+    model = TokenPackerForCausalLM(config).eval()
+    model.set_attn_implementation(TRAINING_ATTENTION)
+    with torch.no_grad():
+        with_links = batch_loss(model, None, [linked for linked, _ in examples])
+        without = batch_loss(model, None, [same for _, same in examples])
+    assert COLOUR_LINK_LAYER in with_links[5] and COLOUR_LINK_LAYER not in without[5]
+    assert 0 < with_links[5][COLOUR_LINK_LAYER] < 1 and with_links[3] > without[3]
+    for i in (0, 1, 4):  # answer, key-word and where terms: untouched
+        torch.testing.assert_close(with_links[i], without[i])
 
 
 def test_the_where_read_out_trains_the_layers_up_to_the_retrieval_only(task_tokenizer):

@@ -42,7 +42,7 @@ mass = defaultdict(list)  # (kind, answer) -> [(7,) per question]
 right = defaultdict(list)
 with torch.no_grad():
     for _ in range(count):
-        prepared, ids, (spans, keys, rows, _), labels = example = make(rng, SPLITS["standard"])
+        prepared, ids, (spans, keys, rows, _, _), labels = example = make(rng, SPLITS["standard"])
         recorded.clear()
         *_, scores = T.batch_loss(model, None, [example])
         attention = recorded[0]  # (keys, T): KEY_LAYER's rows come first, one per key word

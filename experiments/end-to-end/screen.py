@@ -1,7 +1,7 @@
 """Screen a stage-2 change cheaply: continue stage 2 of a checkpoint on one split and log teacher-forced accuracy.
 
     python experiments/end-to-end/screen.py CKPT STEPS [--tower] [--min-turns A --max-turns B] [--split warmup|standard]
-                                            [--oracle-position SCALE] [--save DIR]
+                                            [--oracle-position SCALE] [--position-probe W] [--colour-link] [--save DIR]
 
 Starts from CKPT's tower, projector and LLM (a fresh TokenHead), trains as stage 2 does (`batch_loss`, same
 loss weights), at a constant learning rate. `--tower` trains the vision tower too (stage 2 freezes it).
@@ -11,7 +11,10 @@ tokens for free, and shows whether `where` is then learnt (the bottleneck is get
 not (it is the LLM's side).
 `--position-probe WEIGHT` supervises the retrieval's output: a training-only linear read-out of the answer's row and
 column from each `where` key word's hidden state after layer KEY_LAYER (where head 0 is taught to find the object),
-its cross-entropy times WEIGHT added to the loss; its accuracy is logged."""
+its cross-entropy times WEIGHT added to the loss; its accuracy is logged.
+`--colour-link` teaches head 0 of layer COLOUR_LINK_LAYER at each `where`/`exists` key word (the shape word) to
+attend to the colour word before it (`ExampleMaker(colour_link=True)`), so that layer KEY_LAYER's query can hold
+both; the mean attention mass on the key word's target (layer KEY_LAYER) and on the colour word is logged."""
 
 import argparse
 import random
@@ -42,6 +45,7 @@ parser.add_argument("--split", default="warmup")
 parser.add_argument("--seed", type=int, default=99)
 parser.add_argument("--oracle-position", type=float, default=0.0)
 parser.add_argument("--position-probe", type=float, default=0.0)
+parser.add_argument("--colour-link", action="store_true")
 parser.add_argument("--log-every", type=int, default=25)
 parser.add_argument("--save", type=Path, help="save the screened model here")
 args = parser.parse_args()
@@ -74,7 +78,7 @@ piece = tokenizer.id_to_piece
 def where_targets(examples):
     """-> (batch rows, sequence positions of the `where` key words, row labels, column labels)."""
     found = []
-    for i, (_, ids, (_, keys, answer_rows, _), _) in enumerate(examples):
+    for i, (_, ids, (_, keys, answer_rows, _, _), _) in enumerate(examples):
         for (position, _, _), (before_first, _) in zip(keys, answer_rows):
             words = [piece(ids[before_first + 1]).lstrip("▁"), piece(ids[before_first + 2]).lstrip("▁")]
             if words[0] == "center":
@@ -85,7 +89,8 @@ def where_targets(examples):
 
 
 position_scores = []
-make = T.ExampleMaker(tokenizer, model.config, max_turns=args.max_turns, min_turns=args.min_turns)
+make = T.ExampleMaker(tokenizer, model.config, max_turns=args.max_turns, min_turns=args.min_turns,
+                     colour_link=args.colour_link)  # fmt: skip
 split = T.WARMUP_SPLIT if args.split == "warmup" else SPLITS[args.split]
 groups = [{"params": [p for n, p in model.named_parameters() if "vision_tower" not in n] + list(token_head.parameters())
            + (list(position_head.parameters()) if args.position_probe else []), "lr": args.lr}]
@@ -93,7 +98,7 @@ if args.tower:
     groups.append({"params": list(model.model.vision_tower.parameters()), "lr": args.tower_lr})
 optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=0.0)
 params = [p for g in groups for p in g["params"]]
-start, scores, answers = time.time(), [], []
+start, scores, answers, key_masses, link_masses = time.time(), [], [], [], []
 for step in range(args.steps):
     examples = [make(rng, split) for _ in range(8)]
     shifts.clear()
@@ -113,10 +118,14 @@ for step in range(args.steps):
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     optimizer.step()
     scores.append(batch_scores)
+    key_masses.append(masses.get(T.KEY_LAYER, np.nan))
+    link_masses.append(masses.get(T.COLOUR_LINK_LAYER, np.nan))
     answers.append(len(batch_scores))
     if (step + 1) % args.log_every == 0:
         print(f"step {step + 1}  answers/step {np.mean(answers[-args.log_every:]):.1f}  {time.time() - start:.0f}s  "
-              f"train acc {T._accuracy_line(scores[-args.log_every:])}"
+              f"mass key word {np.nanmean(key_masses[-args.log_every:]):.2f}"
+              + (f" colour link {np.nanmean(link_masses[-args.log_every:]):.2f}" if args.colour_link else "")
+              + f"  train acc {T._accuracy_line(scores[-args.log_every:])}"
               + (f"  position probe row / column {np.mean([r for r, _ in position_scores[-args.log_every:]]):.2f} / "
                  f"{np.mean([c for _, c in position_scores[-args.log_every:]]):.2f}" if position_scores else ""), flush=True)
 if args.save:

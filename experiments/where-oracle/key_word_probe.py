@@ -6,6 +6,8 @@ N fresh scenes, one `Where is the {color} {shape}?` each (teacher-forced prompt 
 centre token (in the global view, or the only view), at the key word (the shape word) and at the last prompt token (which predicts the answer's first word), the hidden state after each
 layer is collected; a logistic-regression probe per layer and position is fitted on 70% of the scenes for the answer's
 row (top / middle / bottom) and column (left / center / right), scored on the other 30% (chance about 0.33 each); hidden state 0 is the input embeddings, L the last layer's (after the final norm).
+Also the object's colour (6 classes): at the key word (the shape word) it says whether the colour word before it
+has reached the query that retrieves the object.
 `--oracle SCALE` adds the oracle position code to the point tokens first (`oracle.py`)."""
 
 import argparse
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenpacker.loading import load
-from tokenpacker.synthetic.scenes import COLUMNS, ROWS, SPLITS, random_scene, sample_question
+from tokenpacker.synthetic.scenes import COLORS, COLUMNS, ROWS, SPLITS, random_scene, sample_question
 from tokenpacker.synthetic.train import WARMUP_SPLIT, key_word
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -58,15 +60,16 @@ with torch.no_grad():
         states["key word"].append(hidden[:, key])
         states["answer"].append(hidden[:, -1])
         row, column = ("middle", "center") if answer == "center" else answer.split()
-        labels.append((ROWS.index(row), COLUMNS.index(column)))
+        labels.append((ROWS.index(row), COLUMNS.index(column), list(COLORS).index(target.color)))
 labels = torch.tensor(labels)
 cut = int(0.7 * args.n)
 
 
 def probe(x: torch.Tensor, y: torch.Tensor) -> float:
     x = (x - x[:cut].mean(0)) / (x[:cut].std(0) + 1e-6)
-    weight = torch.zeros(x.shape[1], 3, requires_grad=True)
-    bias = torch.zeros(3, requires_grad=True)
+    classes = int(y.max()) + 1
+    weight = torch.zeros(x.shape[1], classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
     optimizer = torch.optim.LBFGS([weight, bias], max_iter=200)
 
     def closure():
@@ -81,9 +84,10 @@ def probe(x: torch.Tensor, y: torch.Tensor) -> float:
 
 print(f"{args.ckpt}, oracle {args.oracle}, {args.split} split, {args.n} scenes ({args.n - cut} scored); "
       f"majority row {labels[cut:, 0].bincount().max().item() / (args.n - cut):.2f}, column "
-      f"{labels[cut:, 1].bincount().max().item() / (args.n - cut):.2f}")
+      f"{labels[cut:, 1].bincount().max().item() / (args.n - cut):.2f}, colour "
+      f"{labels[cut:, 2].bincount().max().item() / (args.n - cut):.2f}")
 for position, collected in states.items():
     stacked = torch.stack(collected).float()  # (N, L+1, H)
     for layer in range(stacked.shape[1]):
         print(f"  {position:8s} hidden state {layer}: row {probe(stacked[:, layer], labels[:, 0]):.2f}  "
-              f"column {probe(stacked[:, layer], labels[:, 1]):.2f}")
+              f"column {probe(stacked[:, layer], labels[:, 1]):.2f}  colour {probe(stacked[:, layer], labels[:, 2]):.2f}")

@@ -85,8 +85,10 @@ class ExampleMaker:
     so the vision tower and the long visual prefix are paid once for several answers: min_turns to max_turns
     draws, a question drawn twice asked once."""
 
-    def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1):
+    def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1,
+                 colour_link: bool = False):  # fmt: skip
         self.tokenizer = tokenizer
+        self.colour_link = colour_link  # emit `links` (see __call__)
         self.processor = ImageProcessor(config)
         self.min_turns, self.max_turns = min_turns, max_turns
         self.grid = config.raw_grid
@@ -98,12 +100,14 @@ class ExampleMaker:
         return prepared.pixel_values, patch_labels(scene, prepared.views, self.grid)
 
     def __call__(self, rng: random.Random, split: dict):
-        """-> (prepared image, prompt ids, (answer spans, key words, answer rows, places), dense labels). An answer
+        """-> (prepared image, prompt ids, (answer spans, key words, answer rows, places, links), dense labels). An answer
         span is (start, end, kind) in `ids`; a key word is (its position in `ids`, the answer's first informative
         token, the sequence positions it should attend to: its objects' point tokens, or <s> when there are
         none); an answer row is (position in `ids` of the token that predicts the answer's first informative
         token, its key word's position in `ids`); a place is a `where` question's (key word's position in `ids`,
-        the answer's row index in ROWS, its column index in COLUMNS). Sequence positions count the visual
+        the answer's row index in ROWS, its column index in COLUMNS); a link (only with `colour_link`) is a
+        `where` or `exists` question's (key word's position in `ids`, the colour word's last piece's position in
+        `ids`), which layer COLOUR_LINK_LAYER's head 0 is taught to attend to. Sequence positions count the visual
         embeddings that replace the placeholder; positions in `ids` do not."""
         scene = random_scene(rng, **split)
         turns, asked = [], []
@@ -118,7 +122,7 @@ class ExampleMaker:
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, self.point_grid,
                               start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
         masks = token_masks(labels, prepared.views, self.point_grid)
-        spans, keys, rows, places, previous_end = [], [], [], [], 0
+        spans, keys, rows, places, links, previous_end = [], [], [], [], [], 0
         for i, (turn, (kind, question, answer)) in enumerate(zip(turns, asked)):  # each answer (and its </s>) extends its prompt's tokens
             start = len(self.tokenizer.encode_with_image(build_prompt(turns[:i] + [Turn(turn.question)])))
             end = len(self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])))
@@ -137,8 +141,10 @@ class ExampleMaker:
                 if kind == "where":
                     row, column = ("middle", "center") if answer == "center" else answer.split()
                     places.append((found[0], ROWS.index(row), COLUMNS.index(column)))
+                if self.colour_link and kind in ("where", "exists"):  # '... red circle?': 'red' ends just before 'circle'
+                    links.append((found[0], found[0] - 1))
             previous_end = end
-        return prepared, ids, (spans, keys, rows, places), labels
+        return prepared, ids, (spans, keys, rows, places, links), labels
 
 
 def key_word(kind: str, question: str) -> str:
@@ -379,6 +385,7 @@ class WhereHead(torch.nn.Module):
 
 TRAINING_ATTENTION = "tokenpacker_training_sdpa"
 KEY_LAYER, ANSWER_LAYER = 1, 2  # where head 0 is taught to find the key word's objects / the answer its key word
+COLOUR_LINK_LAYER = 0  # with `colour_link`: where head 0 is taught to bring a `where`/`exists` key word its colour word
 
 
 class AttentionProbe:
@@ -420,7 +427,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts; the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
-    layer KEY_LAYER, answer -> key word in ANSWER_LAYER, head 0) with the mean mass on target per layer;
+    layer KEY_LAYER, answer -> key word in ANSWER_LAYER, key word -> colour word in COLOUR_LINK_LAYER for the
+    examples' links, head 0) with the mean mass on target per layer;
     the `where` read-out of the key words' states after KEY_LAYER (`where_head`; 0 without one or without
     `where` questions); and, per answer, (question type, whether every answer token was the argmax)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
@@ -431,8 +439,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, places, offset = [], [], [], [], [], 0
-    supervised = {KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
-    for prepared, ids, (spans, key_targets, answer_rows, where_places), _ in examples:
+    supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
+    for prepared, ids, (spans, key_targets, answer_rows, where_places, links), _ in examples:
         count = prepared.pixel_values.shape[0]
         visual = model.embed_visual_sequence(tokens[offset : offset + count], prepared.grid)
         offset += count
@@ -446,6 +454,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         supervised[KEY_LAYER] += [(len(sequences), position + shift, objects) for position, _, objects in key_targets]
         supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in answer_rows]
         places += [(len(sequences), key + shift, row, column) for key, row, column in where_places]
+        supervised[COLOUR_LINK_LAYER] += [(len(sequences), key + shift, np.array([colour + shift])) for key, colour in links]
         sequences.append(embeds)
         targets.append(labels)
     length = max(s.shape[0] for s in sequences)
