@@ -218,13 +218,14 @@ def test_evaluate_reports_per_type_accuracy(default_model):
 
 
 @pytest.mark.parametrize("options", [{}, dict(where_weight=1.0, sincos_position=True),
-                                     dict(where_weight=1.0, sincos_position=True, cell_target=True)],
-                         ids=["default", "where-read-out", "where-read-out-and-cell"])  # fmt: skip
+                                     dict(where_weight=1.0, sincos_position=True, cell_target=True, colour_link=True)],
+                         ids=["default", "where-read-out", "where-read-out-cell-and-colour-link"])  # fmt: skip
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
     taken from a checkpoint that stopped before stage 3 (`resume_from`); with the `where` read-out and the
-    sine-cosine position start too (run R's options), and with the cell target besides (run S's)."""
+    sine-cosine position start too (run R's options), and with the cell target and the colour link besides
+    (run W's)."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
@@ -252,6 +253,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["where_weight"] == options.get("where_weight", 0.0)
     assert summary["sincos_position"] == options.get("sincos_position", False)
     assert summary["cell_target"] == options.get("cell_target", False)
+    assert summary["colour_link"] == options.get("colour_link", False)
 
 
 def test_boundary_patches_are_the_outline_of_each_object():

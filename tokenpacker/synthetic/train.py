@@ -619,7 +619,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
-          where_start: int = 0, sincos_position: bool = False, cell_target: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          where_start: int = 0, sincos_position: bool = False, cell_target: bool = False,
+          colour_link: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -633,7 +634,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     the read-out is neither trained nor trains the LLM). `sincos_position`: the tower's position embedding
     starts as a 2-D sine-cosine table (`sincos_position_embedding`), not CLIP's random one. `cell_target`: the 3 x 3
     cell of the image is a target of the tower's patches (stage 1, with colour) and of the object point tokens
-    (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`).
+    (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`). `colour_link`:
+    stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
+    colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
 
     Each stage starts from its own seeds (seed, seed + 1, seed + 2, seed + 3), so `tower_from` (a checkpoint of
     this recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1, and `resume_from` (a
@@ -647,7 +650,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     model = TokenPackerForCausalLM(config).train()
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers), cells=cell_target)
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target)
-    make = ExampleMaker(tokenizer, config, max_turns=max_turns)
+    make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link)
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
     if resume_from is not None:
@@ -706,7 +709,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         # whose TokenHead is not saved; a fresh optimizer), so that `resume_from` gives what a full run gives.
         torch.manual_seed(seed + 3)
         rng = random.Random(seed + 3)
-        dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns)
+        dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns,
+                             colour_link=colour_link)
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
@@ -716,7 +720,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -746,7 +750,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
     )
-    start, history, scores = time.time(), [], []
+    start, history, scores, link_masses = time.time(), [], [], []
     for step in range(steps):
         split = split_for_step(step)
         examples = [make(rng, split) for _ in range(batch_size)]
@@ -763,11 +767,13 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         schedule.step()
         history.append((answer_loss.item(), patch_loss.item(), key_loss.item(), attention_loss.item(),
                         masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan), where_loss.item()))  # fmt: skip
+        link_masses.append(masses.get(COLOUR_LINK_LAYER, np.nan))  # nan: no link in the batch (or links off)
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
             recent = np.nanmean(history[-log_every:], axis=0)
             print(f"{tag} {step + 1}/{steps}  answer loss {recent[0]:.4f}  key-word loss {recent[2]:.4f}  patch loss {recent[1]:.4f}  "
-                  f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f})  "
+                  f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f}"
+                  + (f", colour link {np.nanmean(link_masses[-log_every:]):.2f}" if make.colour_link else "") + ")  "
                   + (f"where read-out loss {recent[6]:.4f}  " if where_head is not None else "") +
                   f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s  "
                   f"train acc {_accuracy_line(scores[-log_every:])}", flush=True)  # fmt: skip
@@ -811,12 +817,15 @@ def main(argv=None) -> None:
                         help="the tower's position embedding starts as a 2-D sine-cosine table or CLIP's random one")
     parser.add_argument("--cell-target", action="store_true",
                         help="the 3 x 3 cell as a target of the tower's patches and the object point tokens (stages 1-2)")
+    parser.add_argument("--colour-link", action="store_true",
+                        help="stages 2-3 teach layer 0 to bring a `where` / `exists` key word its colour word")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
           attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
-          where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target)
+          where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
+          colour_link=args.colour_link)
 
 
 if __name__ == "__main__":
