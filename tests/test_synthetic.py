@@ -254,6 +254,29 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["sincos_position"] == options.get("sincos_position", False)
     assert summary["cell_target"] == options.get("cell_target", False)
     assert summary["colour_link"] == options.get("colour_link", False)
+    assert summary["mllm_dtype"] == "bfloat16"
+
+
+def test_stages_2_and_3_in_float32_agree_to_rounding(tmp_path):
+    """`mllm_dtype="float32"` (for CPUs without native bfloat16): recorded, and two runs of one seed agree to
+    float32 rounding (not bit for bit, unlike the bfloat16 recipe); "auto" resolves by the CPU; a bad dtype is
+    refused before any work."""
+    from safetensors.torch import load_file
+
+    from tokenpacker.synthetic.train import cpu_does_bfloat16, resolve_mllm_dtype, train
+
+    tiny = dict(steps=2, vision_steps=2, shape_steps=1, projector_steps=2, projector_color_steps=1, warmup_steps=1,
+                batch_size=2, max_turns=2, log_every=1, polish_steps=1, polish_min_turns=2, polish_max_turns=2)
+    for name in "ab":
+        train(tmp_path / name, **tiny, mllm_dtype="float32")
+        assert json.loads((tmp_path / name / "training.json").read_text())["mllm_dtype"] == "float32"
+    first, second = (load_file(tmp_path / name / "model.safetensors") for name in "ab")
+    for k in first:
+        torch.testing.assert_close(first[k], second[k], rtol=1e-5, atol=1e-6)
+    assert resolve_mllm_dtype("auto") == ("bfloat16" if cpu_does_bfloat16() else "float32")
+    assert resolve_mllm_dtype("bfloat16") == "bfloat16" and resolve_mllm_dtype("float32") == "float32"
+    with pytest.raises(ValueError, match="mllm_dtype must be 'auto', 'bfloat16' or 'float32', not 'float16'"):
+        train(tmp_path / "c", **{**tiny, "mllm_dtype": "float16"})
 
 
 def test_boundary_patches_are_the_outline_of_each_object():
@@ -335,8 +358,8 @@ def test_a_padded_training_batch_gives_each_conversation_what_it_gets_alone(task
     with torch.no_grad():
         together = batch_loss(model, None, [short, long_])
         alone = [batch_loss(model, None, [example]) for example in (short, long_)]
-    answer_tokens = [sum(end - start for start, end, _ in example[2][0]) for example in (short, long_)]
-    keys = [len(example[2][1]) for example in (short, long_)]
+    answer_tokens = [sum(end - start for start, end, _ in example[2].spans) for example in (short, long_)]
+    keys = [len(example[2].keys) for example in (short, long_)]
     expected_answer = sum(n * a[0] for n, a in zip(answer_tokens, alone)) / sum(answer_tokens)
     expected_key = sum(n * a[1] for n, a in zip(keys, alone)) / sum(keys)
     torch.testing.assert_close(together[0], expected_answer, atol=1e-5, rtol=1e-4)
@@ -375,8 +398,11 @@ def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
     for seed in range(4):
         example, same = linked(random.Random(seed), SPLITS["standard"]), plain(random.Random(seed), SPLITS["standard"])
         _, ids, (spans, keys, _, _, links), _ = example
-        assert same[1] == ids and same[2][4] == [] and [same[2][i] == example[2][i] for i in (0, 2, 3)] == [True] * 3
-        assert [k[:2] for k in same[2][1]] == [k[:2] for k in keys]  # the flag adds links, nothing else
+        plain_targets, linked_targets = same[2], example[2]
+        assert same[1] == ids and plain_targets.links == [] and linked_targets.links == links
+        for field in ("spans", "rows", "places"):  # the flag adds links, nothing else
+            assert getattr(plain_targets, field) == getattr(linked_targets, field)
+        assert [k[:2] for k in plain_targets.keys] == [k[:2] for k in keys]
         linked_keys = [position for (position, _, _), (_, _, kind) in zip(keys, spans) if kind in ("where", "exists")]
         assert [key for key, _ in links] == linked_keys
         for key, colour in links:
@@ -412,7 +438,7 @@ def test_the_where_read_out_trains_the_layers_up_to_the_retrieval_only(task_toke
     examples = []
     while not examples:  # a conversation with a `where` question
         example = maker(rng, WARMUP_SPLIT)
-        examples = [example] if example[2][3] else []
+        examples = [example] if example[2].places else []
     assert batch_loss(model, None, examples)[4].item() == 0
     where_loss = batch_loss(model, None, examples, WhereHead(config.text_config.hidden_size))[4]
     assert where_loss.item() > 0

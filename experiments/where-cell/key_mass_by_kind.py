@@ -50,9 +50,9 @@ with torch.no_grad():
         example = make(rng, SPLITS["standard"])
         recorded.clear()
         T.batch_loss(model, head, [example])
-        kinds = [kind for *_, kind in example[2][0]]
+        kinds = [kind for *_, kind in example[2].spans]
         key_rows = recorded[0]  # KEY_LAYER's rows come first (dict order), one per key word
-        assert len(key_rows) == len(example[2][1]) == len(kinds)
+        assert len(key_rows) == len(example[2].keys) == len(kinds)
         for kind, mass in zip(kinds, key_rows):
             masses[kind].append(mass)
 for kind in sorted(masses):

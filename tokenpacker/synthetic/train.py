@@ -26,11 +26,13 @@ checkpoint of this recipe, `--resume-from CHECKPOINT` stages 1-2; either gives t
 where-late-readout) and were not shipped."""
 
 import argparse
+import contextlib
 import json
 import math
 import random
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -78,6 +80,19 @@ def default_config(tokenizer: LlamaTokenizer) -> TokenPackerConfig:
     )  # fmt: skip
 
 
+class AnswerTargets(NamedTuple):
+    """What one conversation teaches besides the tower's dense labels. Positions are in the prompt's `ids`; sequence
+    positions count the visual embeddings that replace the image placeholder."""
+
+    spans: list  # per answer: (start, end, kind); the answer and its </s> are ids[start:end]
+    keys: list  # per key word found: (its position, the answer's first informative token, the sequence positions
+    #             it should attend to: its objects' point tokens, or <s> when there are none)
+    rows: list  # per key word found: (the position predicting the answer's first informative token, the key word's)
+    places: list  # per `where` question: (key word's position, the answer's row index in ROWS, column in COLUMNS)
+    links: list  # per `where` / `exists` question, with `colour_link` only: (key word's position, the colour word's
+    #              last piece's position), which layer COLOUR_LINK_LAYER's head 0 is taught to attend to
+
+
 class ExampleMaker:
     """Scene -> one training conversation: views, grid, token ids and the spans of the answers to learn.
 
@@ -100,15 +115,7 @@ class ExampleMaker:
         return prepared.pixel_values, patch_labels(scene, prepared.views, self.grid)
 
     def __call__(self, rng: random.Random, split: dict):
-        """-> (prepared image, prompt ids, (answer spans, key words, answer rows, places, links), dense labels). An answer
-        span is (start, end, kind) in `ids`; a key word is (its position in `ids`, the answer's first informative
-        token, the sequence positions it should attend to: its objects' point tokens, or <s> when there are
-        none); an answer row is (position in `ids` of the token that predicts the answer's first informative
-        token, its key word's position in `ids`); a place is a `where` question's (key word's position in `ids`,
-        the answer's row index in ROWS, its column index in COLUMNS); a link (only with `colour_link`) is a
-        `where` or `exists` question's (key word's position in `ids`, the colour word's last piece's position in
-        `ids`), which layer COLOUR_LINK_LAYER's head 0 is taught to attend to. Sequence positions count the visual
-        embeddings that replace the placeholder; positions in `ids` do not."""
+        """-> (prepared image, prompt ids, AnswerTargets, dense labels) for one scene drawn from `split`."""
         scene = random_scene(rng, **split)
         turns, asked = [], []
         for _ in range(rng.randint(self.min_turns, self.max_turns)):
@@ -144,7 +151,7 @@ class ExampleMaker:
                 if self.colour_link and kind in ("where", "exists"):  # '... red circle?': 'red' ends just before 'circle'
                     links.append((found[0], found[0] - 1))
             previous_end = end
-        return prepared, ids, (spans, keys, rows, places, links), labels
+        return prepared, ids, AnswerTargets(spans, keys, rows, places, links), labels
 
 
 def key_word(kind: str, question: str) -> str:
@@ -409,6 +416,25 @@ def training_sdpa(module, query, key, value, attention_mask, attention_probe=Non
     return out
 
 
+def cpu_does_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX, by oneDNN's own check). Without it (AVX2
+    only, e.g. AMD Zen 3) bfloat16 matrix products take a slow path: a stage-2 step under bfloat16 autocast ran
+    15-18 s there instead of about 1 s (experiments/speed/README.md)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_mllm_dtype(name: str) -> str:
+    """'bfloat16' or 'float32' for stages 2-3; 'auto': float32 where the CPU has no native bfloat16."""
+    if name == "auto":
+        return "bfloat16" if cpu_does_bfloat16() else "float32"
+    if name not in ("bfloat16", "float32"):
+        raise ValueError(f"mllm_dtype must be 'auto', 'bfloat16' or 'float32', not {name!r}")
+    return name
+
+
 AttentionInterface.register(TRAINING_ATTENTION, training_sdpa)
 AttentionMaskInterface.register(TRAINING_ATTENTION, sdpa_mask)
 
@@ -440,21 +466,21 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, places, offset = [], [], [], [], [], 0
     supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
-    for prepared, ids, (spans, key_targets, answer_rows, where_places, links), _ in examples:
+    for prepared, ids, taught, _ in examples:
         count = prepared.pixel_values.shape[0]
         visual = model.embed_visual_sequence(tokens[offset : offset + count], prepared.grid)
         offset += count
         embeds = model.build_inputs_embeds(torch.tensor(ids), visual)[0]
         shift = visual.shape[0] - 1  # the placeholder became len(visual) embeddings
         labels = torch.full((embeds.shape[0],), -100)
-        for start, end, kind in spans:
+        for start, end, kind in taught.spans:
             labels[start + shift : end + shift] = torch.tensor(ids[start:end])
             answers.append((len(sequences), start + shift, end - 1 + shift, kind))  # the answer's words, not </s>
-        keys += [(len(sequences), position + shift, target) for position, target, _ in key_targets]
-        supervised[KEY_LAYER] += [(len(sequences), position + shift, objects) for position, _, objects in key_targets]
-        supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in answer_rows]
-        places += [(len(sequences), key + shift, row, column) for key, row, column in where_places]
-        supervised[COLOUR_LINK_LAYER] += [(len(sequences), key + shift, np.array([colour + shift])) for key, colour in links]
+        keys += [(len(sequences), position + shift, target) for position, target, _ in taught.keys]
+        supervised[KEY_LAYER] += [(len(sequences), position + shift, objects) for position, _, objects in taught.keys]
+        supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in taught.rows]
+        places += [(len(sequences), key + shift, row, column) for key, row, column in taught.places]
+        supervised[COLOUR_LINK_LAYER] += [(len(sequences), key + shift, np.array([colour + shift])) for key, colour in taught.links]
         sequences.append(embeds)
         targets.append(labels)
     length = max(s.shape[0] for s in sequences)
@@ -620,7 +646,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
           where_start: int = 0, sincos_position: bool = False, cell_target: bool = False,
-          colour_link: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          colour_link: bool = False, mllm_dtype: str = "bfloat16") -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -637,11 +663,16 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`). `colour_link`:
     stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
     colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
+    `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
+    faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
+    "auto" takes float32 where `cpu_does_bfloat16()` is False.
 
     Each stage starts from its own seeds (seed, seed + 1, seed + 2, seed + 3), so `tower_from` (a checkpoint of
     this recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1, and `resume_from` (a
     checkpoint of stages 1-2, i.e. with `polish_steps=0`) for stages 1-2, and the rest of the run is the same as
     in a full one."""
+    mllm_dtype = resolve_mllm_dtype(mllm_dtype)
+    autocast = torch.bfloat16 if mllm_dtype == "bfloat16" else None
     torch.manual_seed(seed)
     rng = random.Random(seed)
     started = time.time()
@@ -701,7 +732,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         times["seconds_stage2"], history, scores = train_mllm(
             model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
             save=lambda: pipeline.save_pretrained(out), save_every=save_every, where_head=where_head,
-            where_start=where_start)  # fmt: skip
+            where_start=where_start, autocast=autocast)  # fmt: skip
     else:
         print(f"stages 1-2: the model of {resume_from}", flush=True)
     if polish_steps:
@@ -714,13 +745,14 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
-            log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10)  # fmt: skip
+            log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10,
+            autocast=autocast)  # fmt: skip
     model.set_attn_implementation(inference_attention)
     recent = np.nanmean(history[-log_every:], axis=0)
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -734,10 +766,11 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
 
 def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make: ExampleMaker, rng: random.Random, steps: int,
                lr: float, batch_size: int, split_for_step, weights: dict, log_every: int, tag: str, save, save_every: int,
-               warmup: int | None = None, where_head: WhereHead | None = None, where_start: int = 0) -> tuple[float, list, list]:  # fmt: skip
+               warmup: int | None = None, where_head: WhereHead | None = None, where_start: int = 0,
+               autocast: torch.dtype | None = torch.bfloat16) -> tuple[float, list, list]:  # fmt: skip
     """Stages 2 and 3: the projector and the LLM (and the TokenHead and WhereHead, if any) on multi-turn conversations, AdamW, a linear
     warm-up (`warmup` steps, by default a 20th of the steps, at most 100) then one cosine to 0 over `steps`; the
-    scenes of each step from `split_for_step(step)`. Loss: the answers' + the weighted key-word, dense-probe and
+    scenes of each step from `split_for_step(step)`, computed under `autocast` (None: float32). Loss: the answers' + the weighted key-word, dense-probe and
     attention and `where` terms (`batch_loss`; the `where` term from step `where_start` on). -> (seconds, per-step loss history, per-step answer scores)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     named += [(f"token_head.{n}", p) for n, p in token_head.named_parameters()] if token_head is not None else []
@@ -754,7 +787,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
     for step in range(steps):
         split = split_for_step(step)
         examples = [make(rng, split) for _ in range(batch_size)]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext():
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
                 model, token_head, examples, where_head)
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
@@ -817,6 +850,9 @@ def main(argv=None) -> None:
                         help="the tower's position embedding starts as a 2-D sine-cosine table or CLIP's random one")
     parser.add_argument("--cell-target", action="store_true",
                         help="the 3 x 3 cell as a target of the tower's patches and the object point tokens (stages 1-2)")
+    parser.add_argument("--mllm-dtype", choices=["auto", "bfloat16", "float32"], default="bfloat16",
+                        help="stages 2-3: bfloat16 autocast (the recipe) or float32 (8x faster on a CPU without native "
+                             "bfloat16, not bit-reproducible); auto: float32 on such a CPU")
     parser.add_argument("--colour-link", action="store_true",
                         help="stages 2-3 teach layer 0 to bring a `where` / `exists` key word its colour word")
     args = parser.parse_args(argv)
@@ -825,7 +861,7 @@ def main(argv=None) -> None:
           attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
-          colour_link=args.colour_link)
+          colour_link=args.colour_link, mllm_dtype=args.mllm_dtype)
 
 
 if __name__ == "__main__":
