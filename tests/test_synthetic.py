@@ -217,6 +217,11 @@ def test_evaluate_reports_per_type_accuracy(default_model):
         scene, rng, QUESTION_TYPES[0])  # fmt: skip
 
 
+TINY_RECIPE = dict(steps=2, vision_steps=2, shape_steps=1, projector_steps=2, projector_color_steps=1, warmup_steps=1,
+                   batch_size=2, max_turns=2, log_every=1)  # every stage, a step or two  # fmt: skip
+TINY_POLISH = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
+
+
 @pytest.mark.parametrize("options", [{}, dict(where_weight=1.0, sincos_position=True),
                                      dict(where_weight=1.0, sincos_position=True, cell_target=True, colour_link=True)],
                          ids=["default", "where-read-out", "where-read-out-cell-and-colour-link"])  # fmt: skip
@@ -230,9 +235,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
 
     from tokenpacker.synthetic.train import train
 
-    tiny = dict(steps=2, vision_steps=2, shape_steps=1, projector_steps=2, projector_color_steps=1, warmup_steps=1,
-                batch_size=2, max_turns=2, log_every=1, **options)  # fmt: skip
-    polish = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
+    tiny, polish = {**TINY_RECIPE, **options}, TINY_POLISH
     for name in ("a", "b"):
         train(tmp_path / name, **tiny, **polish)
     train(tmp_path / "c", **tiny, **polish, tower_from=tmp_path / "a")  # stage 1 taken from a's checkpoint
@@ -265,8 +268,7 @@ def test_stages_2_and_3_in_float32_agree_to_rounding(tmp_path):
 
     from tokenpacker.synthetic.train import cpu_does_bfloat16, resolve_mllm_dtype, train
 
-    tiny = dict(steps=2, vision_steps=2, shape_steps=1, projector_steps=2, projector_color_steps=1, warmup_steps=1,
-                batch_size=2, max_turns=2, log_every=1, polish_steps=1, polish_min_turns=2, polish_max_turns=2)
+    tiny = {**TINY_RECIPE, **TINY_POLISH}
     for name in "ab":
         train(tmp_path / name, **tiny, mllm_dtype="float32")
         assert json.loads((tmp_path / name / "training.json").read_text())["mllm_dtype"] == "float32"
