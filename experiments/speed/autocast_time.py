@@ -7,16 +7,14 @@ On a CPU without native bfloat16 (no AVX512-BF16 / AMX: e.g. AMD Zen 3, AVX2 onl
 fall back to a slow path; the first line shows a plain 512 x 512 product in each dtype, one thread."""
 
 import argparse
-import random
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
-from tokenpacker.loading import load
 from tokenpacker.synthetic import train as T
-from tokenpacker.synthetic.scenes import SPLITS
+
+from stage2_batch import stage2_batch  # next to this script: the set-up the step timings share
 
 
 def matmul_gflops(dtype: torch.dtype, repeats: int = 10) -> float:
@@ -39,14 +37,7 @@ def main() -> None:
           f"512x512 matmul, 1 thread: float32 {matmul_gflops(torch.float32):.1f} GFLOP/s, "
           f"bfloat16 {matmul_gflops(torch.bfloat16):.1f} GFLOP/s")
     torch.set_num_threads(threads)
-    pipeline = load(Path(args.checkpoint), device="cpu")
-    model = pipeline.model.train().requires_grad_(True)
-    model.model.vision_tower.requires_grad_(False)
-    model.set_attn_implementation(T.TRAINING_ATTENTION)
-    make = T.ExampleMaker(pipeline.tokenizer, model.config, max_turns=8)
-    rng = random.Random(0)
-    examples = [make(rng, SPLITS["small"] if i % 4 == 0 else SPLITS["standard"]) for i in range(8)]
-    print("views per scene", [e[0].pixel_values.shape[0] for e in examples])
+    model, examples = stage2_batch(args.checkpoint)
     for name, context in [("bfloat16 autocast", lambda: torch.autocast("cpu", dtype=torch.bfloat16)),
                           ("float32", nullcontext)]:
         seconds = []

@@ -9,15 +9,13 @@ projector's gradient, and the seconds per step of each (8 scenes, 3 in 4 from th
 full range)."""
 
 import argparse
-import random
 import time
-from pathlib import Path
 
 import torch
 
-from tokenpacker.loading import load
 from tokenpacker.synthetic import train as T
-from tokenpacker.synthetic.scenes import SPLITS
+
+from stage2_batch import stage2_batch  # next to this script: the set-up the step timings share
 
 
 def main() -> None:
@@ -25,15 +23,7 @@ def main() -> None:
     parser.add_argument("checkpoint", nargs="?", default="assets/default-model")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    pipeline = load(Path(args.checkpoint), device="cpu")
-    model, tokenizer = pipeline.model, pipeline.tokenizer
-    model.train().requires_grad_(True)
-    model.model.vision_tower.requires_grad_(False)
-    model.set_attn_implementation(T.TRAINING_ATTENTION)
-    rng = random.Random(0)
-    make = T.ExampleMaker(tokenizer, model.config, max_turns=8)
-    examples = [make(rng, SPLITS["small"] if i % 4 == 0 else SPLITS["standard"]) for i in range(8)]
-    print("views per scene", [e[0].pixel_values.shape[0] for e in examples])
+    model, examples = stage2_batch(args.checkpoint)
     forward = type(model).forward
 
     def with_padding_mask(self, *a, **k):

@@ -26,11 +26,11 @@ checkpoint of this recipe, `--resume-from CHECKPOINT` stages 1-2; either gives t
 where-late-readout) and were not shipped."""
 
 import argparse
-import contextlib
 import json
 import math
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -332,12 +332,17 @@ class TokenHead(torch.nn.Module):
         self.centres = torch.nn.Linear(width, 2)
         self.cells = torch.nn.Linear(width, 9) if cells else None  # created last: without it, the same initialisation
 
+    def flat_labels(self, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(V, 4, R, R) patch labels -> the point tokens' colour, shape, centre and cell labels, each (V*G*G,), in
+        the order of `tokens.flatten(0, 1)`."""
+        return tuple(c.reshape(-1) for c in token_labels(labels, self.scale).flatten(2).unbind(1))
+
     def losses(self, tokens: torch.Tensor, labels: torch.Tensor, background: float = 0.2) -> dict[str, torch.Tensor]:
         """tokens: (V, G*G, H); labels: (V, 4, R, R), see `token_labels`. By name: colour over every token, the
         background weighted `background`; shape over the object tokens only (over all tokens the background class
         dominates and the loss is met without shape); object centres; with `cells`, the object tokens' cell."""
         x = tokens.flatten(0, 1)
-        colors, shapes, centres, cells = (c.reshape(-1) for c in token_labels(labels, self.scale).flatten(2).unbind(1))
+        colors, shapes, centres, cells = self.flat_labels(labels)
         objects = colors > 0
         weight = torch.where(objects, 1.0, background)
         none = x.sum() * 0
@@ -362,7 +367,7 @@ class TokenHead(torch.nn.Module):
         """(colour accuracy, shape accuracy) on the object tokens, cell accuracy on the objects' centre tokens
         (nan without `cells`)."""
         x = tokens.flatten(0, 1)
-        colors, shapes, centres, cells = (c.reshape(-1) for c in token_labels(labels, self.scale).flatten(2).unbind(1))
+        colors, shapes, centres, cells = self.flat_labels(labels)
         objects, placed = colors > 0, (centres > 0) & (cells >= 0)
         color_right = (self.colors(x[objects]).argmax(-1) == colors[objects]).float().mean().item()
         shape_right = (self.shapes(x[objects]).argmax(-1) == shapes[objects]).float().mean().item()
@@ -529,6 +534,11 @@ def _update(optimizer: torch.optim.Optimizer, params: list, loss: torch.Tensor, 
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, 1.0)
+    _step_at(optimizer, lr)
+
+
+def _step_at(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """The optimizer's step at learning rate `lr` (stages 1 and 1b set it themselves: no scheduler)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.step()
@@ -573,9 +583,7 @@ def balanced_step(optimizer: torch.optim.Optimizer, params: list, losses: list[t
         total = [t + g / norm for t, g in zip(total, grads)]
     for p, g in zip(params, total):
         p.grad = g
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
+    _step_at(optimizer, lr)
 
 
 def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, make: "ExampleMaker", rng: random.Random,
@@ -748,7 +756,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
             log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10,
             autocast=autocast)  # fmt: skip
     model.set_attn_implementation(inference_attention)
-    recent = np.nanmean(history[-log_every:], axis=0)
+    recent = _mean_over_steps(history[-log_every:])
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
@@ -787,7 +795,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
     for step in range(steps):
         split = split_for_step(step)
         examples = [make(rng, split) for _ in range(batch_size)]
-        with torch.autocast("cpu", dtype=autocast) if autocast is not None else contextlib.nullcontext():
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
                 model, token_head, examples, where_head)
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
@@ -803,16 +811,24 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         link_masses.append(masses.get(COLOUR_LINK_LAYER, np.nan))  # nan: no link in the batch (or links off)
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
-            recent = np.nanmean(history[-log_every:], axis=0)
+            recent = _mean_over_steps(history[-log_every:])
             print(f"{tag} {step + 1}/{steps}  answer loss {recent[0]:.4f}  key-word loss {recent[2]:.4f}  patch loss {recent[1]:.4f}  "
                   f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f}"
-                  + (f", colour link {np.nanmean(link_masses[-log_every:]):.2f}" if make.colour_link else "") + ")  "
+                  + (f", colour link {_mean_over_steps(link_masses[-log_every:]):.2f}" if make.colour_link else "") + ")  "
                   + (f"where read-out loss {recent[6]:.4f}  " if where_head is not None else "") +
                   f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s  "
                   f"train acc {_accuracy_line(scores[-log_every:])}", flush=True)  # fmt: skip
         if (step + 1) % save_every == 0 or step + 1 == steps:
             save()  # a usable checkpoint at every stage of a long run
     return time.time() - start, history, scores
+
+
+def _mean_over_steps(rows: list) -> np.ndarray:
+    """Per-column mean over some steps' log rows, skipping nan (a measurement the step had no target for, e.g. no
+    colour link in its batch); nan, without numpy's "Mean of empty slice" warning, where no step had one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(rows, dtype=float), axis=0)
 
 
 def _accuracy_line(batches: list[list[tuple[str, bool]]]) -> str:
