@@ -8,7 +8,11 @@ layer is collected; a logistic-regression probe per layer and position is fitted
 row (top / middle / bottom) and column (left / center / right), scored on the other 30% (chance about 0.33 each); hidden state 0 is the input embeddings, L the last layer's (after the final norm).
 Also the object's colour (6 classes): at the key word (the shape word) it says whether the colour word before it
 has reached the query that retrieves the object.
-`--oracle SCALE` adds the oracle position code to the point tokens first (`oracle.py`)."""
+`--oracle SCALE` adds the oracle position code to the point tokens first (`oracle.py`).
+`--retrieval` adds two rows: "object mean", the mean hidden state over the point tokens the key word is taught to
+attend to (what an even attention on its target would bring, before the value projection), and "head 0 out", at
+the key word the output of head 0 of layer KEY_LAYER before o_proj (what that head brings, hidden state
+KEY_LAYER + 1's row; its other rows repeat it)."""
 
 import argparse
 import random
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 
 from tokenpacker.loading import load
 from tokenpacker.synthetic.scenes import COLORS, COLUMNS, ROWS, SPLITS, random_scene, sample_question
-from tokenpacker.synthetic.train import WARMUP_SPLIT, key_word
+from tokenpacker.synthetic.train import KEY_LAYER, WARMUP_SPLIT, attention_target, key_word, patch_labels, token_masks
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracle import add_oracle_position  # noqa: E402
@@ -30,6 +34,7 @@ parser.add_argument("ckpt")
 parser.add_argument("n", type=int)
 parser.add_argument("--oracle", type=float, default=0.0)
 parser.add_argument("--split", default="warmup")
+parser.add_argument("--retrieval", action="store_true", help="also the target's mean state and head 0's output at the key word")
 args = parser.parse_args()
 
 pipe = load(args.ckpt, device="cpu")
@@ -39,7 +44,13 @@ if args.oracle:
 split = WARMUP_SPLIT if args.split == "warmup" else SPLITS[args.split]
 rng = random.Random(31)
 states = {"object": [], "key word": [], "answer": []}  # position -> [(layers + 1, H)]
-labels = []
+if args.retrieval:
+    states |= {"object mean": [], "head 0 out": []}
+    attention = model.model.layers[KEY_LAYER].self_attn
+    head_dim = attention.head_dim
+    head_outputs = {}  # o_proj's input: (1, T, heads * head_dim), head 0 first
+    attention.o_proj.register_forward_pre_hook(lambda module, inputs: head_outputs.update(x=inputs[0][0]))
+labels, unseen = [], 0
 with torch.no_grad():
     while len(labels) < args.n:
         scene = random_scene(rng, **split)
@@ -59,6 +70,13 @@ with torch.no_grad():
         states["object"].append(hidden[:, layout.positions[centre]])
         states["key word"].append(hidden[:, key])
         states["answer"].append(hidden[:, -1])
+        if args.retrieval:
+            views = request.image.views
+            masks = token_masks(patch_labels(scene, views, model.config.raw_grid), views, model.config.point_grid)
+            taught = layout.positions[attention_target(kind, question, answer, masks, layout)]
+            unseen += len(taught) == 0  # too small for the global view's dense labels: its centre token instead
+            states["object mean"].append(hidden[:, taught if len(taught) else [layout.positions[centre]]].mean(1))
+            states["head 0 out"].append(head_outputs["x"][key, :head_dim].expand(hidden.shape[0], -1))
         row, column = ("middle", "center") if answer == "center" else answer.split()
         labels.append((ROWS.index(row), COLUMNS.index(column), list(COLORS).index(target.color)))
 labels = torch.tensor(labels)
@@ -85,7 +103,8 @@ def probe(x: torch.Tensor, y: torch.Tensor) -> float:
 print(f"{args.ckpt}, oracle {args.oracle}, {args.split} split, {args.n} scenes ({args.n - cut} scored); "
       f"majority row {labels[cut:, 0].bincount().max().item() / (args.n - cut):.2f}, column "
       f"{labels[cut:, 1].bincount().max().item() / (args.n - cut):.2f}, colour "
-      f"{labels[cut:, 2].bincount().max().item() / (args.n - cut):.2f}")
+      f"{labels[cut:, 2].bincount().max().item() / (args.n - cut):.2f}"
+      + (f"; {unseen} targets without taught tokens (object mean: their centre token)" if args.retrieval else ""))
 for position, collected in states.items():
     stacked = torch.stack(collected).float()  # (N, L+1, H)
     for layer in range(stacked.shape[1]):
