@@ -795,7 +795,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
     for step in range(steps):
         split = split_for_step(step)
         examples = [make(rng, split) for _ in range(batch_size)]
-        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):  # disabled: float32
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
                 model, token_head, examples, where_head)
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
