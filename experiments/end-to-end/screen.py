@@ -1,7 +1,7 @@
 """Screen a stage-2 change cheaply: continue stage 2 of a checkpoint on one split and log teacher-forced accuracy.
 
     python experiments/end-to-end/screen.py CKPT STEPS [--tower] [--min-turns A --max-turns B] [--split warmup|standard]
-                                            [--oracle-position SCALE] [--position-probe W] [--colour-link] [--save DIR]
+                                            [--oracle-position SCALE] [--position-probe W] [--colour-link] [--where-attention W] [--save DIR]
 
 Starts from CKPT's tower, projector and LLM (a fresh TokenHead), trains as stage 2 does (`batch_loss`, same
 loss weights), at a constant learning rate. `--tower` trains the vision tower too (stage 2 freezes it).
@@ -14,7 +14,9 @@ column from each `where` key word's hidden state after layer KEY_LAYER (where he
 its cross-entropy times WEIGHT added to the loss; its accuracy is logged.
 `--colour-link` teaches head 0 of layer COLOUR_LINK_LAYER at each `where`/`exists` key word (the shape word) to
 attend to the colour word before it (`ExampleMaker(colour_link=True)`), so that layer KEY_LAYER's query can hold
-both; the mean attention mass on the key word's target (layer KEY_LAYER) and on the colour word is logged."""
+both; the mean attention mass on the key word's target (layer KEY_LAYER) and on the colour word is logged.
+`--where-attention W`: the `where` key words' attention loss weighs W (the other key words' 1); their own mass on
+target is logged in brackets after the key words' mean."""
 
 import argparse
 import random
@@ -46,6 +48,7 @@ parser.add_argument("--seed", type=int, default=99)
 parser.add_argument("--oracle-position", type=float, default=0.0)
 parser.add_argument("--position-probe", type=float, default=0.0)
 parser.add_argument("--colour-link", action="store_true")
+parser.add_argument("--where-attention", type=float, default=1.0)
 parser.add_argument("--log-every", type=int, default=25)
 parser.add_argument("--save", type=Path, help="save the screened model here")
 args = parser.parse_args()
@@ -98,12 +101,13 @@ if args.tower:
     groups.append({"params": list(model.model.vision_tower.parameters()), "lr": args.tower_lr})
 optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.98), weight_decay=0.0)
 params = [p for g in groups for p in g["params"]]
-start, scores, answers, key_masses, link_masses = time.time(), [], [], [], []
+start, scores, answers, key_masses, link_masses, where_masses = time.time(), [], [], [], [], []
 for step in range(args.steps):
     examples = [make(rng, split) for _ in range(8)]
     shifts.clear()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        answer_loss, key_loss, patch_loss, attention_loss, _, masses, batch_scores = T.batch_loss(model, token_head, examples)
+        answer_loss, key_loss, patch_loss, attention_loss, _, masses, batch_scores = T.batch_loss(
+            model, token_head, examples, where_attention=args.where_attention)
     loss = answer_loss + key_loss + 0.3 * patch_loss + 0.5 * attention_loss
     targets = where_targets(examples)
     if args.position_probe and targets is not None:
@@ -120,10 +124,11 @@ for step in range(args.steps):
     scores.append(batch_scores)
     key_masses.append(masses.get(T.KEY_LAYER, np.nan))
     link_masses.append(masses.get(T.COLOUR_LINK_LAYER, np.nan))
+    where_masses.append(masses["where"])
     answers.append(len(batch_scores))
     if (step + 1) % args.log_every == 0:
         print(f"step {step + 1}  answers/step {np.mean(answers[-args.log_every:]):.1f}  {time.time() - start:.0f}s  "
-              f"mass key word {np.nanmean(key_masses[-args.log_every:]):.2f}"
+              f"mass key word {np.nanmean(key_masses[-args.log_every:]):.2f} (where {np.nanmean(where_masses[-args.log_every:]):.2f})"
               + (f" colour link {np.nanmean(link_masses[-args.log_every:]):.2f}" if args.colour_link else "")
               + f"  train acc {T._accuracy_line(scores[-args.log_every:])}"
               + (f"  position probe row / column {np.mean([r for r, _ in position_scores[-args.log_every:]]):.2f} / "

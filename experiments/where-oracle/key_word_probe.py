@@ -12,7 +12,11 @@ has reached the query that retrieves the object.
 `--retrieval` adds two rows: "object mean", the mean hidden state over the point tokens the key word is taught to
 attend to (what an even attention on its target would bring, before the value projection), and "head 0 out", at
 the key word the output of head 0 of layer KEY_LAYER before o_proj (what that head brings, hidden state
-KEY_LAYER + 1's row; its other rows repeat it)."""
+KEY_LAYER + 1's row; its other rows repeat it). Two more split that output: "value even" is head 0's value
+projection averaged evenly over the target's tokens (what the head would bring if its attention were even on
+the target), "value on target" the same weighted by head 0's own attention restricted to the target and
+renormalised (its attention's shape within the target, without the mass elsewhere). Rows that are one vector
+(not one per layer) print once."""
 
 import argparse
 import random
@@ -24,7 +28,8 @@ import torch.nn.functional as F
 
 from tokenpacker.loading import load
 from tokenpacker.synthetic.scenes import COLORS, COLUMNS, ROWS, SPLITS, random_scene, sample_question
-from tokenpacker.synthetic.train import KEY_LAYER, WARMUP_SPLIT, attention_target, key_word, patch_labels, token_masks
+from tokenpacker.synthetic.train import (KEY_LAYER, TRAINING_ATTENTION, WARMUP_SPLIT, AttentionProbe, attention_target,
+                                         key_word, patch_labels, token_masks)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracle import add_oracle_position  # noqa: E402
@@ -45,11 +50,13 @@ split = WARMUP_SPLIT if args.split == "warmup" else SPLITS[args.split]
 rng = random.Random(31)
 states = {"object": [], "key word": [], "answer": []}  # position -> [(layers + 1, H)]
 if args.retrieval:
-    states |= {"object mean": [], "head 0 out": []}
+    states |= {"object mean": [], "head 0 out": [], "value even": [], "value on target": []}
+    model.set_attn_implementation(TRAINING_ATTENTION)  # SDPA, plus head 0's attention at the key word on request
     attention = model.model.layers[KEY_LAYER].self_attn
     head_dim = attention.head_dim
-    head_outputs = {}  # o_proj's input: (1, T, heads * head_dim), head 0 first
+    head_outputs = {}  # o_proj's input: (1, T, heads * head_dim), head 0 first; v_proj's output, head 0 first
     attention.o_proj.register_forward_pre_hook(lambda module, inputs: head_outputs.update(x=inputs[0][0]))
+    attention.v_proj.register_forward_hook(lambda module, inputs, output: head_outputs.update(v=output[0, :, :head_dim]))
 labels, unseen = [], 0
 with torch.no_grad():
     while len(labels) < args.n:
@@ -61,10 +68,13 @@ with torch.no_grad():
         ids, layout = request.input_ids, request.layout
         visual = model.embed_visual_sequence(model.get_image_features(request.image.pixel_values).tokens, request.image.grid)
         embeds = model.build_inputs_embeds(torch.tensor(ids), visual)
-        hidden = torch.stack(model(inputs_embeds=embeds, output_hidden_states=True).hidden_states)[:, 0]  # (L+1, T, H)
         shift = layout.length - 1  # the placeholder became the visual embeddings
         key_piece = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(key_word(kind, question))[0])
         key = max(i for i, t in enumerate(ids) if t == key_piece) + shift
+        extra = {}
+        if args.retrieval:
+            extra["attention_probe"] = attention_probe = AttentionProbe({KEY_LAYER: (torch.tensor([0]), torch.tensor([key]))})
+        hidden = torch.stack(model(inputs_embeds=embeds, output_hidden_states=True, **extra).hidden_states)[:, 0]  # (L+1, T, H)
         x0, y0, x1, y1 = target.box
         centre = layout.tokens_at((x0 + x1) / 2, (y0 + y1) / 2)[-1]  # the global view's (or only view's) token
         states["object"].append(hidden[:, layout.positions[centre]])
@@ -75,8 +85,13 @@ with torch.no_grad():
             masks = token_masks(patch_labels(scene, views, model.config.raw_grid), views, model.config.point_grid)
             taught = layout.positions[attention_target(kind, question, answer, masks, layout)]
             unseen += len(taught) == 0  # too small for the global view's dense labels: its centre token instead
-            states["object mean"].append(hidden[:, taught if len(taught) else [layout.positions[centre]]].mean(1))
-            states["head 0 out"].append(head_outputs["x"][key, :head_dim].expand(hidden.shape[0], -1))
+            target_positions = taught if len(taught) else [layout.positions[centre]]
+            states["object mean"].append(hidden[:, target_positions].mean(1))
+            states["head 0 out"].append(head_outputs["x"][None, key, :head_dim])
+            values = head_outputs["v"][target_positions].float()  # (target tokens, head_dim)
+            weights = attention_probe.log_probs[KEY_LAYER][0, target_positions].softmax(-1)  # renormalised on target
+            states["value even"].append(values.mean(0, keepdim=True))
+            states["value on target"].append((weights[:, None] * values).sum(0, keepdim=True))
         row, column = ("middle", "center") if answer == "center" else answer.split()
         labels.append((ROWS.index(row), COLUMNS.index(column), list(COLORS).index(target.color)))
 labels = torch.tensor(labels)
@@ -108,5 +123,6 @@ print(f"{args.ckpt}, oracle {args.oracle}, {args.split} split, {args.n} scenes (
 for position, collected in states.items():
     stacked = torch.stack(collected).float()  # (N, L+1, H)
     for layer in range(stacked.shape[1]):
-        print(f"  {position:8s} hidden state {layer}: row {probe(stacked[:, layer], labels[:, 0]):.2f}  "
+        where = f"hidden state {layer}" if stacked.shape[1] > 1 else f"layer {KEY_LAYER}, head 0"
+        print(f"  {position:8s} {where}: row {probe(stacked[:, layer], labels[:, 0]):.2f}  "
               f"column {probe(stacked[:, layer], labels[:, 1]):.2f}  colour {probe(stacked[:, layer], labels[:, 2]):.2f}")

@@ -444,22 +444,27 @@ AttentionInterface.register(TRAINING_ATTENTION, training_sdpa)
 AttentionMaskInterface.register(TRAINING_ATTENTION, sdpa_mask)
 
 
-def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray]) -> tuple[torch.Tensor, float]:
+def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray], weights: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, float]:  # fmt: skip
     """-log of the attention mass that each row of (Q, T) log-attention puts on its target positions (the
-    mass, not a uniform spread: one of a big object's tokens is as good as all of them), and the mean mass."""
+    mass, not a uniform spread: one of a big object's tokens is as good as all of them), and the mean mass.
+    `weights` (Q,): each row's -log mass times its weight, summed over Q rows and divided by Q (weights of 1: the mean)."""
     on_target = torch.zeros_like(log_probs, dtype=torch.bool)
     for i, positions in enumerate(targets):
         on_target[i, torch.as_tensor(positions)] = True
     log_mass = log_probs.masked_fill(~on_target, float("-inf")).logsumexp(-1)  # (Q,)
-    return -log_mass.mean(), log_mass.detach().exp().mean().item()
+    loss = -log_mass.mean() if weights is None else -(log_mass * weights).sum() / len(log_mass)
+    return loss, log_mass.detach().exp().mean().item()
 
 
-def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples, where_head: WhereHead | None = None):
+def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples, where_head: WhereHead | None = None,
+               where_attention: float = 1.0):  # fmt: skip
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts; the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
-    layer KEY_LAYER, answer -> key word in ANSWER_LAYER, key word -> colour word in COLOUR_LINK_LAYER for the
-    examples' links, head 0) with the mean mass on target per layer;
+    layer KEY_LAYER, the `where` key words' rows weighted `where_attention`; answer -> key word in ANSWER_LAYER;
+    key word -> colour word in COLOUR_LINK_LAYER for the examples' links; head 0) with the mean mass on target
+    per layer and, under "where", the `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
     the `where` read-out of the key words' states after KEY_LAYER (`where_head`; 0 without one or without
     `where` questions); and, per answer, (question type, whether every answer token was the argmax)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
@@ -469,7 +474,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     tokens = model.model.mm_projector(features, multi_level).tokens  # (all views, G*G, H)
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
-    sequences, targets, answers, keys, places, offset = [], [], [], [], [], 0
+    sequences, targets, answers, keys, places, where_rows, offset = [], [], [], [], [], [], 0
     supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
     for prepared, ids, taught, _ in examples:
         count = prepared.pixel_values.shape[0]
@@ -483,6 +488,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
             answers.append((len(sequences), start + shift, end - 1 + shift, kind))  # the answer's words, not </s>
         keys += [(len(sequences), position + shift, target) for position, target, _ in taught.keys]
         supervised[KEY_LAYER] += [(len(sequences), position + shift, objects) for position, _, objects in taught.keys]
+        where_keys = {key for key, _, _ in taught.places}
+        where_rows += [position in where_keys for position, _, _ in taught.keys]  # per KEY_LAYER row: a `where` key word
         supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in taught.rows]
         places += [(len(sequences), key + shift, row, column) for key, row, column in taught.places]
         supervised[COLOUR_LINK_LAYER] += [(len(sequences), key + shift, np.array([colour + shift])) for key, colour in taught.links]
@@ -509,10 +516,18 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     finally:
         if hook is not None:
             hook.remove()
-    attention = {layer: attention_mass_loss(probe.log_probs[layer], [t for *_, t in rows])
+    row_weights = {KEY_LAYER: torch.where(torch.tensor(where_rows, dtype=torch.bool), where_attention, 1.0)
+                   if where_attention != 1.0 and any(where_rows) else None}  # fmt: skip
+    attention = {layer: attention_mass_loss(probe.log_probs[layer], [t for *_, t in rows], row_weights.get(layer))
                  for layer, rows in supervised.items() if rows}  # fmt: skip
     attention_loss = sum((loss for loss, _ in attention.values()), logits.sum() * 0)
     masses = {layer: mass for layer, (_, mass) in attention.items()}
+    masses["where"] = np.nan  # the `where` key words' own mean mass in KEY_LAYER, for the log
+    if any(where_rows):
+        chosen = torch.tensor(where_rows, dtype=torch.bool)
+        with torch.no_grad():
+            masses["where"] = attention_mass_loss(probe.log_probs[KEY_LAYER][chosen],
+                                                  [t for (*_, t), w in zip(supervised[KEY_LAYER], where_rows) if w])[1]
     answer_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
     right = logits.argmax(-1)[:, :-1] == labels[:, 1:]  # (B, T-1): the token after each position
     scores = [(kind, bool(right[i, start - 1 : end - 1].all())) for i, start, end, kind in answers]
@@ -654,7 +669,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
           where_start: int = 0, sincos_position: bool = False, cell_target: bool = False,
-          colour_link: bool = False, mllm_dtype: str = "bfloat16") -> TokenPackerPipeline:  # fmt: skip
+          colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -671,6 +686,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`). `colour_link`:
     stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
     colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
+    `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -735,7 +751,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         def stage2_split(step: int) -> dict:  # small canvases first, then the task's full range
             return WARMUP_SPLIT if step < warmup_steps else full_range(rng)
 
-        weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight)
+        weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight,
+                       where_attention=where_attention)
         where_head = WhereHead(config.text_config.hidden_size) if where_weight else None
         times["seconds_stage2"], history, scores = train_mllm(
             model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
@@ -750,7 +767,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         rng = random.Random(seed + 3)
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns,
                              colour_link=colour_link)
-        weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0)
+        weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
             log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10,
@@ -760,7 +777,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -797,7 +814,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         examples = [make(rng, split) for _ in range(batch_size)]
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):  # disabled: float32
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
-                model, token_head, examples, where_head)
+                model, token_head, examples, where_head, weights.get("where_attention", 1.0))
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
         if step >= where_start:  # before it the WhereHead gets no gradient (AdamW skips it) and the LLM none from it
             loss = loss + weights["where"] * where_loss
@@ -871,13 +888,15 @@ def main(argv=None) -> None:
                              "bfloat16, not bit-reproducible); auto: float32 on such a CPU")
     parser.add_argument("--colour-link", action="store_true",
                         help="stages 2-3 teach layer 0 to bring a `where` / `exists` key word its colour word")
+    parser.add_argument("--where-attention", type=float, default=1.0,
+                        help="stages 2-3: weight of the `where` key words' attention loss (the other key words' is 1)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
           attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
-          colour_link=args.colour_link, mllm_dtype=args.mllm_dtype)
+          colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention)
 
 
 if __name__ == "__main__":
