@@ -426,6 +426,42 @@ def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
         torch.testing.assert_close(with_links[i], without[i])
 
 
+def test_the_where_key_words_attention_loss_can_weigh_more(task_tokenizer, monkeypatch):
+    """`batch_loss(..., where_attention=W)`: in layer KEY_LAYER the `where` key words' rows of the attention-mass
+    loss weigh W, the others 1 (the sum over rows divided by their count: W = 1 is the plain mean, bit for bit);
+    nothing else changes; their own mean mass comes back as masses["where"]."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic import train as T
+
+    torch.manual_seed(0)
+    config = default_config(task_tokenizer)
+    model = TokenPackerForCausalLM(config).eval()
+    model.set_attn_implementation(T.TRAINING_ATTENTION)
+    maker, rng, examples = ExampleMaker(task_tokenizer, config, max_turns=8), random.Random(6), []
+    while sum(len(e[2].places) for e in examples) < 2 or len(examples) < 2:
+        examples.append(maker(rng, T.WARMUP_SPLIT))
+    calls, original = [], T.attention_mass_loss
+    monkeypatch.setattr(T, "attention_mass_loss", lambda *args: calls.append(args) or original(*args))
+    with torch.no_grad():
+        plain = T.batch_loss(model, None, examples)
+        same = T.batch_loss(model, None, examples, where_attention=1.0)
+        calls.clear()
+        heavy = T.batch_loss(model, None, examples, where_attention=3.0)
+    for a, b in zip(plain[:5], same[:5]):
+        assert torch.equal(a, b)
+    log_probs, targets, weights = calls[0]  # layers in dict order, those with rows: KEY_LAYER, ANSWER_LAYER (no links)
+    assert len(targets) == sum(len(e[2].keys) for e in examples)
+    where = weights == 3.0
+    assert where.sum().item() == sum(len(e[2].places) for e in examples) and bool(((weights == 1.0) | where).all())
+    masses = torch.stack([log_probs[i, torch.as_tensor(t)].logsumexp(-1).exp() for i, t in enumerate(targets)])
+    expected = 2 * -masses[where].log().sum() / len(targets)  # the where rows count twice more
+    torch.testing.assert_close(heavy[3] - plain[3], expected, atol=1e-5, rtol=1e-4)
+    assert heavy[5]["where"] == pytest.approx(masses[where].mean().item(), abs=1e-6)
+    assert heavy[5][T.KEY_LAYER] == plain[5][T.KEY_LAYER]
+    for i in (0, 1, 2, 4):  # answer, key-word, dense-probe and where read-out terms: untouched
+        torch.testing.assert_close(heavy[i], plain[i])
+
+
 def test_the_where_read_out_trains_the_layers_up_to_the_retrieval_only(task_tokenizer):
     """`batch_loss`'s `where` term reads the key word's hidden state after layer KEY_LAYER: its gradient reaches
     that layer and the ones below, not the layers above; without a WhereHead the term is 0."""

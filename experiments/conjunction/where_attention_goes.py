@@ -7,7 +7,9 @@ For `Is there a red circle?` / `Where is the red circle?` (key word 'circle'; a 
 and, for reference, `What color is the circle?` (key word 'circle'; one attribute): the mean attention mass on
 tokens showing the target (red and circle), the same shape in another colour, the same colour in another shape,
 other objects, the background, <s>, and the rest (text, separators). A token shows what any patch of its
-region shows, so one token can show two objects; each token is counted once, in the first class it fits."""
+region shows, so one token can show two objects; each token is counted once, in the first class it fits. The last
+column, "target in tiles", is the part of the target's mass on its tokens in the HD tiles (not the global view,
+where `where` is taught to look: a tile's tokens know their place in the tile, not in the image)."""
 
 import random
 import sys
@@ -37,7 +39,8 @@ def recording(log_probs, targets, weights=None):
 
 
 T.attention_mass_loss = recording
-CLASSES = ["target", "same shape, other colour", "same colour, other shape", "other objects", "background", "<s>", "rest"]
+CLASSES = ["target", "same shape, other colour", "same colour, other shape", "other objects", "background", "<s>", "rest",
+           "target in tiles"]
 mass = defaultdict(list)  # (kind, answer) -> [(7,) per question]
 right = defaultdict(list)
 with torch.no_grad():
@@ -68,6 +71,8 @@ with torch.no_grad():
                 shares.append(row[torch.as_tensor(layout.positions[c])].sum().item() if c.any() else 0.0)
             shares.append(row[0].item())
             shares.append(1.0 - sum(shares))
+            tiles = classes[0] & ~at(masks["global"][:, None, None] & np.ones_like(masks["centre"]))
+            shares.append(row[torch.as_tensor(layout.positions[tiles])].sum().item() if tiles.any() else 0.0)
             answer = tokenizer.decode(ids[start:end]).replace("</s>", "").strip()
             group = (kind, answer if kind == "exists" else "")
             mass[group].append(shares)
