@@ -1,7 +1,7 @@
 """Screen a stage-2 change cheaply: continue stage 2 of a checkpoint on one split and log teacher-forced accuracy.
 
     python experiments/end-to-end/screen.py CKPT STEPS [--tower] [--min-turns A --max-turns B] [--split warmup|standard]
-                                            [--oracle-position SCALE] [--position-probe W] [--colour-link] [--where-attention W] [--save DIR]
+                                            [--oracle-position SCALE] [--position-probe W] [--colour-link] [--where-attention W] [--count-view tiles|global] [--save DIR]
 
 Starts from CKPT's tower, projector and LLM (a fresh TokenHead), trains as stage 2 does (`batch_loss`, same
 loss weights), at a constant learning rate. `--tower` trains the vision tower too (stage 2 freezes it).
@@ -16,7 +16,8 @@ its cross-entropy times WEIGHT added to the loss; its accuracy is logged.
 attend to the colour word before it (`ExampleMaker(colour_link=True)`), so that layer KEY_LAYER's query can hold
 both; the mean attention mass on the key word's target (layer KEY_LAYER) and on the colour word is logged.
 `--where-attention W`: the `where` key words' attention loss weighs W (the other key words' 1); their own mass on
-target is logged in brackets after the key words' mean."""
+target is logged in brackets after the key words' mean. `--count-view global`: counting's key word is taught to
+find the centre tokens in the global view, not in the tiles (`attention_target`)."""
 
 import argparse
 import random
@@ -49,6 +50,7 @@ parser.add_argument("--oracle-position", type=float, default=0.0)
 parser.add_argument("--position-probe", type=float, default=0.0)
 parser.add_argument("--colour-link", action="store_true")
 parser.add_argument("--where-attention", type=float, default=1.0)
+parser.add_argument("--count-view", choices=["tiles", "global"], default="tiles")
 parser.add_argument("--log-every", type=int, default=25)
 parser.add_argument("--save", type=Path, help="save the screened model here")
 args = parser.parse_args()
@@ -93,7 +95,7 @@ def where_targets(examples):
 
 position_scores = []
 make = T.ExampleMaker(tokenizer, model.config, max_turns=args.max_turns, min_turns=args.min_turns,
-                     colour_link=args.colour_link)  # fmt: skip
+                     colour_link=args.colour_link, count_view=args.count_view)  # fmt: skip
 split = T.WARMUP_SPLIT if args.split == "warmup" else SPLITS[args.split]
 groups = [{"params": [p for n, p in model.named_parameters() if "vision_tower" not in n] + list(token_head.parameters())
            + (list(position_head.parameters()) if args.position_probe else []), "lr": args.lr}]

@@ -101,9 +101,12 @@ class ExampleMaker:
     draws, a question drawn twice asked once."""
 
     def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1,
-                 colour_link: bool = False):  # fmt: skip
+                 colour_link: bool = False, count_view: str = "tiles"):  # fmt: skip
+        if count_view not in ("tiles", "global"):
+            raise ValueError(f"count_view must be 'tiles' or 'global', not {count_view!r}")
         self.tokenizer = tokenizer
         self.colour_link = colour_link  # emit `links` (see __call__)
+        self.count_view = count_view  # where counting's key word is taught to find the centre tokens
         self.processor = ImageProcessor(config)
         self.min_turns, self.max_turns = min_turns, max_turns
         self.grid = config.raw_grid
@@ -140,7 +143,7 @@ class ExampleMaker:
             # the answer's first informative token: a digit comes as '▁', '3', and the key word targets the '3'
             first = next(p for p in range(start, end) if self.tokenizer.id_to_piece(ids[p]) != "▁")
             if found:
-                objects = layout.positions[attention_target(kind, question, answer, masks, layout)]
+                objects = layout.positions[attention_target(kind, question, answer, masks, layout, self.count_view)]
                 # <s> only when nothing is asked about: with <s> in every target set the head met the loss at once
                 # (mass on target 0.94 after 75 steps) and the answers learned no better: it sank on <s>
                 keys.append((found[0], ids[first], objects if len(objects) else np.array([0])))
@@ -183,10 +186,12 @@ def token_masks(labels: torch.Tensor, views, point_grid: int) -> dict[str, np.nd
     return masks
 
 
-def attention_target(kind: str, question: str, answer: str, masks: dict[str, np.ndarray], layout) -> np.ndarray:
+def attention_target(kind: str, question: str, answer: str, masks: dict[str, np.ndarray], layout,
+                     count_view: str = "tiles") -> np.ndarray:  # fmt: skip
     """Which of the layout's point tokens a question's key word should attend to (a bool per token): the
     object asked about in every view (colour, shape, exists-yes), in the global view only (where: position
-    is read there), the centre tokens of the objects counted in the tiles (count), none (exists-no)."""
+    is read there), the centre tokens of the objects counted in the tiles (count; `count_view` "global": in
+    the global view, where no tile border cuts an object in two), none (exists-no). A single view is both."""
     words = question.rstrip("?").split()
     color = lambda name: masks[f"color{1 + list(COLORS).index(name)}"]
     shape = lambda name: masks[f"shape{1 + SHAPES.index(name.removesuffix('s'))}"]
@@ -195,9 +200,10 @@ def attention_target(kind: str, question: str, answer: str, masks: dict[str, np.
     elif kind == "shape":
         mask = color(words[-2])
     elif kind == "count":
-        mask = masks["centre"] & masks["local"][:, None, None]
+        mask = masks["centre"] & masks["local" if count_view == "tiles" else "global"][:, None, None]
     elif kind == "count_shape":
-        mask = masks[f"centre{1 + SHAPES.index(words[2].removesuffix('s'))}"] & masks["local"][:, None, None]
+        centres = masks[f"centre{1 + SHAPES.index(words[2].removesuffix('s'))}"]
+        mask = centres & masks["local" if count_view == "tiles" else "global"][:, None, None]
     elif kind == "exists" and answer == "no":
         mask = np.zeros_like(masks["centre"])
     elif kind == "where":
@@ -669,7 +675,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
           where_start: int = 0, sincos_position: bool = False, cell_target: bool = False,
-          colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0) -> TokenPackerPipeline:  # fmt: skip
+          colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
+          count_view: str = "tiles") -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -687,6 +694,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
     colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
     `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
+    `count_view`: where stages 2 and 3 teach counting's key word to find the centre tokens ("tiles" or "global";
+    `attention_target`).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -705,7 +714,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     model = TokenPackerForCausalLM(config).train()
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers), cells=cell_target)
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target)
-    make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link)
+    make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view)
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
     if resume_from is not None:
@@ -766,7 +775,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         torch.manual_seed(seed + 3)
         rng = random.Random(seed + 3)
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns,
-                             colour_link=colour_link)
+                             colour_link=colour_link, count_view=count_view)
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
@@ -777,7 +786,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -888,6 +897,8 @@ def main(argv=None) -> None:
                              "bfloat16, not bit-reproducible); auto: float32 on such a CPU")
     parser.add_argument("--colour-link", action="store_true",
                         help="stages 2-3 teach layer 0 to bring a `where` / `exists` key word its colour word")
+    parser.add_argument("--count-view", choices=["tiles", "global"], default="tiles",
+                        help="stages 2-3: the view whose centre tokens counting's key word is taught to find")
     parser.add_argument("--where-attention", type=float, default=1.0,
                         help="stages 2-3: weight of the `where` key words' attention loss (the other key words' is 1)")
     args = parser.parse_args(argv)
@@ -896,7 +907,8 @@ def main(argv=None) -> None:
           attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
-          colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention)
+          colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
+          count_view=args.count_view)
 
 
 if __name__ == "__main__":
