@@ -125,7 +125,8 @@ def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
 
 def test_attention_targets_are_the_objects_asked_about(task_tokenizer):
     """The key word's attention target: the tokens whose s x s region shows the object asked about (in every
-    view), only the global view's for 'where', the counted objects' centre tokens in the tiles, none for 'no'."""
+    view), only the global view's for 'where', the counted objects' centre tokens in the tiles (or, with
+    `count_view="global"`, in the global view), none for 'no'."""
     from tokenpacker.image_processing import ImageProcessor
     from tokenpacker.synthetic.scenes import Scene, SceneObject
     from tokenpacker.synthetic.train import attention_target, token_masks
@@ -161,6 +162,12 @@ def test_attention_targets_are_the_objects_asked_about(task_tokenizer):
     assert counted.sum() == 3 and not counted[is_global].any()  # one centre token per object, in the tiles
     assert target("count_shape", "How many squares are there?", "1").sum() == 1
     assert overlaps(target("count_shape", "How many circles are there?", "1"), circle)
+    in_thumbnail = attention_target("count", "How many objects are there?", "3", masks, layout, count_view="global")
+    assert in_thumbnail.sum() == 3 and not in_thumbnail[~is_global].any()  # count_view "global": the thumbnail's
+    circles = attention_target("count_shape", "How many circles are there?", "1", masks, layout, count_view="global")
+    assert circles.sum() == 1 and not circles[~is_global].any() and overlaps(circles, circle)
+    with pytest.raises(ValueError, match="count_view must be 'tiles' or 'global'"):
+        ExampleMaker(task_tokenizer, config, count_view="thumbnail")
 
 
 @pytest.fixture(scope="module")
