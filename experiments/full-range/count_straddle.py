@@ -3,6 +3,11 @@ split (`evaluate-default`'s scenes, questions and answers), the counted objects 
 against how the answer misses.
 
     PYTHONPATH=. python experiments/full-range/count_straddle.py --model assets/default-model --n 600
+    PYTHONPATH=. python experiments/full-range/count_straddle.py --model assets/default-model --n 600 --max-tiles 1
+    PYTHONPATH=. python experiments/full-range/count_straddle.py --model assets/default-model --n 3000 [--max-tiles 1]
+
+`--max-tiles K` answers with at most K tiles; which objects are "cut" is always judged on the full HD partition,
+so the rows of two runs are the same questions.
 """
 
 import argparse
@@ -11,6 +16,8 @@ from collections import defaultdict
 from tokenpacker.image_processing import ImageProcessor
 from tokenpacker.loading import load
 from tokenpacker.synthetic.evaluate import answered_questions
+
+SIZE_BINS = [("< 0.15", 0.15), ("0.15-0.25", 0.25), (">= 0.25", float("inf"))]
 
 
 def tile_boxes(views) -> list[tuple[float, float, float, float]]:
@@ -26,11 +33,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="assets/default-model")
     parser.add_argument("--n", type=int, default=600)
+    parser.add_argument("--max-tiles", type=int, default=None, help="answer with at most this many tiles")
     args = parser.parse_args()
     pipeline = load(args.model, device="cpu")
     processor = ImageProcessor(pipeline.model.config)
-    misses = defaultdict(list)  # (kind, cut objects: "0" / "1" / "2+") -> [answer - expected, or None if not a digit]
-    for record in answered_questions(pipeline, "standard", args.n):
+    rows = []  # (kind, expected count, cut objects, answer - expected or None if not a digit, largest counted object)
+    for record in answered_questions(pipeline, "standard", args.n, max_tiles=args.max_tiles):
         if record.kind not in ("count", "count_shape"):
             continue
         shape = None if record.kind == "count" else record.question.split()[2].removesuffix("s")
@@ -38,16 +46,44 @@ def main() -> None:
         tiles = tile_boxes(processor(record.scene.render()).views)
         cut = sum(sum(meets(o.box, t) for t in tiles) > 1 for o in counted)
         given = int(record.answer) if record.answer.isdigit() else None
-        misses[(record.kind, "0" if cut == 0 else ("1" if cut == 1 else "2+"))].append(
-            None if given is None else given - int(record.expected))
-    print(f"{args.model}, standard split, {args.n} questions: counting questions by how many counted objects the tiles cut")
-    print(f"  {'kind':<12} {'cut':>3} {'n':>4} {'right':>6} {'over':>6} {'under':>6} {'mean miss':>9}")
-    for (kind, cut), rows in sorted(misses.items()):
-        digits = [d for d in rows if d is not None]
-        print(f"  {kind:<12} {cut:>3} {len(rows):>4} {sum(d == 0 for d in digits) / len(rows):>6.2f} "
-              f"{sum(d > 0 for d in digits) / len(rows):>6.2f} {sum(d < 0 for d in digits) / len(rows):>6.2f} "
-              f"{sum(digits) / max(1, len(digits)):>+9.2f}")
+        largest = max((o.size for o in counted), default=0) / min(record.scene.width, record.scene.height)
+        rows.append((record.kind, int(record.expected), cut, None if given is None else given - int(record.expected),
+                     largest))  # fmt: skip
+    answered_with = "all tiles" if args.max_tiles is None else f"--max-tiles {args.max_tiles}"
+    print(f"{args.model}, standard split, {args.n} questions, answered with {answered_with}: counting questions by how "
+          "many counted objects the (full) HD partition's tiles cut")
+    by_cut = defaultdict(list)
+    for kind, count, cut, miss, _ in rows:
+        by_cut[kind, "0" if cut == 0 else ("1" if cut == 1 else "2+")].append((count, miss))
+    print(f"  {'kind':<12} {'cut':>3} {'n':>4} {'right':>6} {'over':>6} {'under':>6} {'mean miss':>9} {'expected':>8}")
+    for (kind, cut), group in sorted(by_cut.items()):
+        print(f"  {kind:<12} {cut:>3} {len(group):>4} {summary(group)} {sum(c for c, _ in group) / len(group):>8.2f}")
+    print("`How many objects are there?` by the expected count, with no counted object cut / one or more cut")
+    print(f"  {'expected':>8} {'cut':>4} {'n':>4} {'right':>6} {'over':>6} {'under':>6} {'mean miss':>9}")
+    by_count = defaultdict(list)
+    for kind, count, cut, miss, _ in rows:
+        if kind == "count":
+            by_count[count, "0" if cut == 0 else "1+"].append((count, miss))
+    for (count, cut), group in sorted(by_count.items()):
+        print(f"  {count:>8} {cut:>4} {len(group):>4} {summary(group)}")
+    print("`How many objects are there?` with 2-4 objects, by the largest object's size (share of the canvas's shorter side)")
+    print(f"  {'largest':>9} {'cut':>4} {'n':>4} {'right':>6} {'over':>6} {'under':>6} {'mean miss':>9}")
+    by_size = defaultdict(list)
+    for kind, count, cut, miss, largest in rows:
+        if kind == "count" and 2 <= count <= 4:
+            size = next(name for name, top in SIZE_BINS if largest < top)
+            by_size[size, "0" if cut == 0 else "1+"].append((count, miss))
+    for name, _ in SIZE_BINS:
+        for cut in ("0", "1+"):
+            if by_size[name, cut]:
+                print(f"  {name:>9} {cut:>4} {len(by_size[name, cut]):>4} {summary(by_size[name, cut])}")
 
+
+def summary(group: list[tuple[int, int | None]]) -> str:
+    """right / over / under shares (of all, a non-digit answer counts as none) and the mean miss of the digits"""
+    digits = [m for _, m in group if m is not None]
+    shares = (sum(m == 0 for m in digits), sum(m > 0 for m in digits), sum(m < 0 for m in digits))
+    return " ".join(f"{s / len(group):>6.2f}" for s in shares) + f" {sum(digits) / max(1, len(digits)):>+9.2f}"
 
 if __name__ == "__main__":
     main()
