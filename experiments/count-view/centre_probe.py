@@ -1,0 +1,146 @@
+"""Do the point tokens mark one centre per object, whatever its size? (why counting over-counts large objects)
+
+    PYTHONPATH=. python experiments/count-view/centre_probe.py --model assets/default-model --scenes 300 [--features tower]
+
+On freshly generated standard-split scenes (the probe's seed), a linear read-out of "this token's region holds an
+object's centre" (`token_labels`' centre channel, what counting's key word is taught to find) is fitted on the
+object tokens of 70% of the scenes, the two classes weighted equally (a centre is one token of many), and applied
+to the other 30%. For each object in each view: how many of its tokens the read-out calls a centre, by the object's
+size in that view's point tokens. An object whose centre is in the view should get exactly 1; a piece of an object
+whose centre lies in another tile (cut by a tile border) should get 0; and whether its
+most centre-like token is its centre (a read-out that ranks, not thresholds). `--features tower`: the same on the tower's
+multi-level patch features (the projector's keys and values; the patch labels' centre channel), sizes still in
+point tokens (s patches each), so that the two tables' rows compare.
+"""
+
+import argparse
+import random
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+from tokenpacker.image_processing import ImageProcessor
+from tokenpacker.loading import load
+from tokenpacker.synthetic.probe import PROBE_SEED
+from tokenpacker.synthetic.scenes import COLORS, SHAPES, SPLITS, random_scene
+from tokenpacker.synthetic.train import patch_labels, token_labels
+
+SIZE_BINS = [("< 1", 1.0), ("1-2", 2.0), ("2-4", 4.0), (">= 4", float("inf"))]  # object side, in point tokens
+
+
+def fit_balanced_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 400) -> torch.nn.Linear:
+    """Logistic regression of y (0/1) on standardised x, each class weighing half of the loss."""
+    probe = torch.nn.Linear(x.shape[1], 1)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    weight = torch.where(y > 0, 0.5 / y.float().mean(), 0.5 / (1 - y.float().mean()))
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = F.binary_cross_entropy_with_logits(probe(x)[:, 0], y.float(), weight=weight)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return probe
+
+
+def object_tokens(obj, view, labels: torch.Tensor, grid: int) -> torch.Tensor:
+    """(grid, grid) bool: the view's tokens (or patches) inside the object's box whose labels (4, grid, grid) show
+    its colour and shape."""
+    step = view.size / grid
+    (u0, v0), (u1, v1) = view.from_image(*obj.box[:2]), view.from_image(*obj.box[2:])
+    in_box = torch.zeros(grid, grid, dtype=torch.bool)
+    c0, c1 = max(0, int(u0 // step)), min(grid - 1, int(u1 // step))
+    r0, r1 = max(0, int(v0 // step)), min(grid - 1, int(v1 // step))
+    if c0 <= c1 and r0 <= r1:
+        in_box[r0 : r1 + 1, c0 : c1 + 1] = True
+    same = (labels[0] == 1 + list(COLORS).index(obj.color)) & (labels[1] == 1 + list(SHAPES).index(obj.shape))
+    return in_box & same
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="assets/default-model")
+    parser.add_argument("--scenes", type=int, default=300)
+    parser.add_argument("--features", choices=["point-tokens", "tower"], default="point-tokens")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    pipeline = load(args.model, device="cpu")
+    model, config = pipeline.model, pipeline.model.config
+    processor = ImageProcessor(config)
+    grid = config.raw_grid
+    scale = config.scale_factor
+    rng = random.Random(PROBE_SEED)
+    features, centres, on_object, objects = [], [], [], []  # per scene: (V*G*G, H) tokens, (V*G*G,) centre labels,
+    # (V*G*G,) bool: an object's token, rows (view kind, object side in tokens, centre in view, its token indices)
+    for _ in range(args.scenes):
+        scene = random_scene(rng, **SPLITS["standard"])
+        prepared = processor(scene.render())
+        labels = patch_labels(scene, prepared.views, grid)
+        pixel_values = prepared.pixel_values.to(model.vision_device, model.vision_dtype)
+        tower_features, multi_level = model.model.vision_tower(pixel_values)
+        tokens = model.model.mm_projector(tower_features, multi_level).tokens.float()  # (V, G*G, H)
+        point_labels = token_labels(labels, scale)  # (V, 4, G, G)
+        if args.features == "tower":  # (V, R*R, D) and (V, 4, R, R)
+            values, dense, per_token = multi_level.float(), labels, scale
+        else:
+            values, dense, per_token = tokens, point_labels, 1
+        G = dense.shape[-1]
+        features.append(values.flatten(0, 1))
+        centres.append(dense[:, 2].flatten())
+        rows = []
+        for view in prepared.views:
+            for obj in scene.objects:
+                mask = object_tokens(obj, view, dense[view.index], G)
+                if not mask.any():
+                    continue
+                u, v = view.from_image(obj.cx, obj.cy)
+                centre_here = 0 <= u < view.size and 0 <= v < view.size
+                size = obj.size / view.scale_x / (view.size / G) / per_token  # in point tokens
+                rows.append((view.kind, size, centre_here, view.index * G * G + mask.flatten().nonzero()[:, 0]))
+        objects.append(rows)
+        on_object.append(dense[:, 0].flatten() > 0)
+    fitted = round(0.7 * args.scenes)
+    fit = torch.cat(on_object[:fitted])
+    x_fit, y_fit = torch.cat(features[:fitted])[fit], torch.cat(centres[:fitted])[fit]
+    mean, std = x_fit.mean(0), x_fit.std(0) + 1e-5
+    probe = fit_balanced_probe((x_fit - mean) / std, y_fit)
+    table = defaultdict(list)  # (view kind, size bin, centre in view) -> [tokens called a centre, per object]
+    hits = defaultdict(int)
+    ranked_first = defaultdict(list)  # (view kind, size bin) -> [the top-scoring token of the object is its centre]
+    for scene_features, scene_centres, rows in zip(features[fitted:], centres[fitted:], objects[fitted:]):
+        score = probe((scene_features - mean) / std)[:, 0]
+        called = score > 0
+        for kind, size, centre_here, index in rows:
+            name = next(n for n, top in SIZE_BINS if size < top)
+            table[kind, name, centre_here].append(int(called[index].sum()))
+            true = scene_centres[index] > 0
+            if centre_here and true.any():  # is the object's most centre-like token (patch) its centre?
+                ranked_first[kind, name].append(bool(true[score[index].argmax()]))
+            hits["centre tokens"] += int(true.sum())
+            hits["centre tokens called"] += int((called[index] & true).sum())
+            hits["other object tokens"] += int((~true).sum())
+            hits["other object tokens called"] += int((called[index] & ~true).sum())
+    unit = "patches" if args.features == "tower" else "tokens"
+    print(f"{args.model}, standard split, {args.scenes} scenes, {args.features} (probe fitted on {fitted} scenes, "
+          "scored on the rest)")
+    print(f"  centre {unit} called a centre {hits['centre tokens called'] / max(1, hits['centre tokens']):.3f} of "
+          f"{hits['centre tokens']}; other object {unit} called a centre "
+          f"{hits['other object tokens called'] / max(1, hits['other object tokens']):.3f} of {hits['other object tokens']}")
+    print(f"  {unit} of one object the read-out calls a centre, by the object's side in the view's point tokens")
+    print(f"  {'view':<7} {'size':>5} {'centre in view':>14} {'objects':>7} {'none':>6} {'one':>6} {'2+':>6} {'mean':>6} {'top is centre':>13}")
+    for kind in ("tile", "global", "single"):
+        for centre_here in (True, False):
+            for name, _ in SIZE_BINS:
+                calls = table.get((kind, name, centre_here))
+                if not calls:
+                    continue
+                share = lambda test: sum(map(test, calls)) / len(calls)
+                print(f"  {kind:<7} {name:>5} {'yes' if centre_here else 'no (cut)':>14} {len(calls):>7} "
+                      f"{share(lambda c: c == 0):>6.2f} {share(lambda c: c == 1):>6.2f} {share(lambda c: c >= 2):>6.2f} "
+                      f"{sum(calls) / len(calls):>6.2f} " + (f"{sum(top) / len(top):>13.2f}"
+                      if centre_here and (top := ranked_first[kind, name]) else f"{'':>13}"))
+
+
+if __name__ == "__main__":
+    main()
