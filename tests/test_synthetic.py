@@ -230,14 +230,15 @@ TINY_POLISH = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
 
 
 @pytest.mark.parametrize("options", [{}, dict(where_weight=1.0, sincos_position=True),
-                                     dict(where_weight=1.0, sincos_position=True, cell_target=True, colour_link=True)],
-                         ids=["default", "where-read-out", "where-read-out-cell-and-colour-link"])  # fmt: skip
+                                     dict(where_weight=1.0, sincos_position=True, cell_target=True, colour_link=True,
+                                          balanced_centres=True)],
+                         ids=["default", "where-read-out", "where-read-out-cell-colour-link-and-balanced-centres"])  # fmt: skip
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
     taken from a checkpoint that stopped before stage 3 (`resume_from`); with the `where` read-out and the
     sine-cosine position start too (run R's options), and with the cell target and the colour link besides
-    (run W's)."""
+    (run W's) and the balanced centre terms."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
@@ -264,7 +265,26 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["sincos_position"] == options.get("sincos_position", False)
     assert summary["cell_target"] == options.get("cell_target", False)
     assert summary["colour_link"] == options.get("colour_link", False)
+    assert summary["balanced_centres"] == options.get("balanced_centres", False)
     assert summary["mllm_dtype"] == "bfloat16"
+
+
+def test_the_centre_loss_can_weigh_the_rare_centres_as_much_as_the_rest():
+    """`centre_loss(balanced=True)`: the mean of the centres' and the other tokens' mean cross-entropy; plain, and
+    where a batch has no centre (or only centres), the ordinary cross-entropy."""
+    import torch.nn.functional as F
+
+    from tokenpacker.synthetic.train import centre_loss
+
+    logits = torch.randn(12, 2, generator=torch.Generator().manual_seed(0))
+    centres = torch.tensor([0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0])
+    each = F.cross_entropy(logits, centres, reduction="none")
+    balanced = centre_loss(logits, centres, balanced=True)
+    assert torch.allclose(balanced, (each[centres == 1].mean() + each[centres == 0].mean()) / 2)
+    assert not torch.allclose(balanced, each.mean())
+    assert torch.allclose(centre_loss(logits, centres), each.mean())
+    none = torch.zeros(12, dtype=torch.long)
+    assert torch.allclose(centre_loss(logits, none, balanced=True), F.cross_entropy(logits, none))
 
 
 def test_stages_2_and_3_in_float32_agree_to_rounding(tmp_path):

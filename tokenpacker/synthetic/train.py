@@ -262,6 +262,18 @@ def boundary(colors: torch.Tensor) -> torch.Tensor:
     return edge & (colors > 0)
 
 
+def centre_loss(logits: torch.Tensor, centres: torch.Tensor, balanced: bool = False) -> torch.Tensor:
+    """Cross-entropy of the "holds an object's centre" label, (N, 2) logits and (N,) 0/1 labels. `balanced`: the
+    centres (one patch or token per object per view, rare) weigh as much in all as the rest; plain, a head can
+    meet the loss by calling nothing a centre, and no token marks a large object's centre
+    (experiments/count-view/centre_probe.py)."""
+    positives = int(centres.sum())
+    if not balanced or positives in (0, len(centres)):
+        return F.cross_entropy(logits.float(), centres)
+    weight = torch.tensor([1.0, (len(centres) - positives) / positives], device=logits.device)
+    return F.cross_entropy(logits.float(), centres, weight=weight)
+
+
 class PatchHead(torch.nn.Module):
     """Training-only read-out of the tower's multi-level features per patch (stage 1): colour and object centre
     linearly, shape through a small MLP, and with `cells` the patch's 3 x 3 cell of the image linearly. With a
@@ -269,8 +281,9 @@ class PatchHead(torch.nn.Module):
     chance); through the MLP it does, and then a linear probe reads shape from its features too (what the
     projector and the LLM need)."""
 
-    def __init__(self, width: int, hidden: int = 256, cells: bool = False):
+    def __init__(self, width: int, hidden: int = 256, cells: bool = False, balanced_centres: bool = False):
         super().__init__()
+        self.balanced_centres = balanced_centres  # see `centre_loss`
         self.colors = torch.nn.Linear(width, 1 + len(COLORS))
         self.centres = torch.nn.Linear(width, 2)
         self.shapes = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
@@ -291,7 +304,7 @@ class PatchHead(torch.nn.Module):
             return shape_loss
         weight = torch.where(colors > 0, 1.0, 0.2)
         color_loss = (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum()
-        loss = shape_loss + color_loss + F.cross_entropy(self.centres(x).float(), centres)
+        loss = shape_loss + color_loss + centre_loss(self.centres(x), centres, self.balanced_centres)
         placed = cells >= 0
         if self.cells is not None and placed.any():
             loss = loss + F.cross_entropy(self.cells(x[placed]).float(), cells[placed])
@@ -330,9 +343,10 @@ class TokenHead(torch.nn.Module):
     s x s region (colour, shape, object centre; 0 = background) and, with `cells`, the object tokens' 3 x 3 cell
     of the image (see `token_labels`). Linear, so the LLM's attention can match on it."""
 
-    def __init__(self, width: int, scale: int, cells: bool = False):
+    def __init__(self, width: int, scale: int, cells: bool = False, balanced_centres: bool = False):
         super().__init__()
         self.scale = scale
+        self.balanced_centres = balanced_centres  # see `centre_loss`
         self.colors = torch.nn.Linear(width, 1 + len(COLORS))
         self.shapes = torch.nn.Linear(width, 1 + len(SHAPES))
         self.centres = torch.nn.Linear(width, 2)
@@ -355,7 +369,7 @@ class TokenHead(torch.nn.Module):
         losses = {
             "colour": (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum(),
             "shape": F.cross_entropy(self.shapes(x[objects]).float(), shapes[objects]) if objects.any() else none,
-            "centre": F.cross_entropy(self.centres(x).float(), centres),
+            "centre": centre_loss(self.centres(x), centres, self.balanced_centres),
         }
         if self.cells is not None:
             placed = objects & (cells >= 0)
@@ -676,7 +690,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
           where_start: int = 0, sincos_position: bool = False, cell_target: bool = False,
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
-          count_view: str = "tiles") -> TokenPackerPipeline:  # fmt: skip
+          count_view: str = "tiles", balanced_centres: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -695,7 +709,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
     `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
     `count_view`: where stages 2 and 3 teach counting's key word to find the centre tokens ("tiles" or "global";
-    `attention_target`).
+    `attention_target`). `balanced_centres`: the tower's (stage 1) and the point tokens' (stages 1b and 2) object-centre
+    term weighs its rare centres as much as the rest (`centre_loss`).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -712,8 +727,10 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     tokenizer = LlamaTokenizer.train(tokenizer_corpus(), out, vocab_size=500, hard_vocab_limit=False)  # saved into `out`
     config = default_config(tokenizer)
     model = TokenPackerForCausalLM(config).train()
-    head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers), cells=cell_target)
-    token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target)
+    head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers), cells=cell_target,
+                     balanced_centres=balanced_centres)  # fmt: skip
+    token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target,
+                           balanced_centres=balanced_centres)  # fmt: skip
     make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view)
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
@@ -786,7 +803,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -901,6 +918,8 @@ def main(argv=None) -> None:
                         help="stages 2-3: the view whose centre tokens counting's key word is taught to find")
     parser.add_argument("--where-attention", type=float, default=1.0,
                         help="stages 2-3: weight of the `where` key words' attention loss (the other key words' is 1)")
+    parser.add_argument("--balanced-centres", action="store_true",
+                        help="stages 1-2: the object-centre terms weigh the rare centres as much as the rest")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -908,7 +927,7 @@ def main(argv=None) -> None:
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
           colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
-          count_view=args.count_view)
+          count_view=args.count_view, balanced_centres=args.balanced_centres)
 
 
 if __name__ == "__main__":
