@@ -264,9 +264,9 @@ def boundary(colors: torch.Tensor) -> torch.Tensor:
 
 def centre_loss(logits: torch.Tensor, centres: torch.Tensor, balanced: bool = False) -> torch.Tensor:
     """Cross-entropy of the "holds an object's centre" label, (N, 2) logits and (N,) 0/1 labels. `balanced`: the
-    centres (one patch or token per object per view, rare) weigh as much in all as the rest; plain, a head can
-    meet the loss by calling nothing a centre, and no token marks a large object's centre
-    (experiments/count-view/centre_probe.py)."""
+    centres (one patch or token per object per view, rare) weigh as much in all as the rest; plain, a head meets
+    most of the loss by calling nothing a centre. Either way no tower patch marks the centre of an object two or
+    more point tokens across (experiments/count-view, experiments/balanced-centres)."""
     positives = int(centres.sum())
     if not balanced or positives in (0, len(centres)):
         return F.cross_entropy(logits.float(), centres)
