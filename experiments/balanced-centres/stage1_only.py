@@ -7,6 +7,7 @@ Stage 1 is all of the recipe that shapes the tower; this checks a tower change i
 """
 
 import argparse
+import inspect
 import random
 from pathlib import Path
 
@@ -22,9 +23,10 @@ parser.add_argument("out", type=Path)
 parser.add_argument("--balanced-centres", action="store_true")
 parser.add_argument("--position-start", choices=["sincos", "clip"], default="clip")
 args = parser.parse_args()
+recipe = {name: p.default for name, p in inspect.signature(T.train).parameters.items()}  # train()'s defaults
 
-torch.manual_seed(T.TRAIN_SEED)
-rng = random.Random(T.TRAIN_SEED)
+torch.manual_seed(recipe["seed"])
+rng = random.Random(recipe["seed"])
 tokenizer = LlamaTokenizer.train(T.tokenizer_corpus(), args.out, vocab_size=500, hard_vocab_limit=False)
 config = T.default_config(tokenizer)
 model = TokenPackerForCausalLM(config).train()
@@ -36,5 +38,6 @@ if args.position_start == "sincos":
     with torch.no_grad():
         model.model.vision_tower.vision_tower.embeddings.position_embedding.weight.copy_(
             T.sincos_position_embedding(config.raw_grid, config.vision_config.hidden_size))
-T.pretrain_vision(model, head, make, rng, 1600, 800, batch_size=6, lr=1e-3, log_every=25)
+T.pretrain_vision(model, head, make, rng, recipe["vision_steps"], recipe["shape_steps"], batch_size=6,  # train()'s 6
+                  lr=recipe["vision_lr"], log_every=recipe["log_every"])  # fmt: skip
 TokenPackerPipeline(model, tokenizer, source=str(args.out)).save_pretrained(args.out)

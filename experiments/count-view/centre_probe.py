@@ -71,20 +71,19 @@ def main() -> None:
     grid = config.raw_grid
     scale = config.scale_factor
     rng = random.Random(PROBE_SEED)
-    features, centres, on_object, objects = [], [], [], []  # per scene: (V*G*G, H) tokens, (V*G*G,) centre labels,
-    # (V*G*G,) bool: an object's token, rows (view kind, object side in tokens, centre in view, its token indices)
+    features, centres, on_object, objects = [], [], [], []  # per scene: (N, width) tokens or patches, (N,) centre
+    # labels, (N,) bool: an object's, rows (view kind, object side in point tokens, centre in view, its indices)
     for _ in range(args.scenes):
         scene = random_scene(rng, **SPLITS["standard"])
         prepared = processor(scene.render())
         labels = patch_labels(scene, prepared.views, grid)
         pixel_values = prepared.pixel_values.to(model.vision_device, model.vision_dtype)
         tower_features, multi_level = model.model.vision_tower(pixel_values)
-        tokens = model.model.mm_projector(tower_features, multi_level).tokens.float()  # (V, G*G, H)
-        point_labels = token_labels(labels, scale)  # (V, 4, G, G)
         if args.features == "tower":  # (V, R*R, D) and (V, 4, R, R)
             values, dense, per_token = multi_level.float(), labels, scale
-        else:
-            values, dense, per_token = tokens, point_labels, 1
+        else:  # (V, G*G, H) and (V, 4, G, G)
+            values = model.model.mm_projector(tower_features, multi_level).tokens.float()
+            dense, per_token = token_labels(labels, scale), 1
         G = dense.shape[-1]
         features.append(values.flatten(0, 1))
         centres.append(dense[:, 2].flatten())

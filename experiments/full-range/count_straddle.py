@@ -52,31 +52,25 @@ def main() -> None:
     answered_with = "all tiles" if args.max_tiles is None else f"--max-tiles {args.max_tiles}"
     print(f"{args.model}, standard split, {args.n} questions, answered with {answered_with}: counting questions by how "
           "many counted objects the (full) HD partition's tiles cut")
-    by_cut = defaultdict(list)
-    for kind, count, cut, miss, _ in rows:
+    by_cut, by_count, by_size = defaultdict(list), defaultdict(list), defaultdict(list)
+    for kind, count, cut, miss, largest in rows:
         by_cut[kind, "0" if cut == 0 else ("1" if cut == 1 else "2+")].append((count, miss))
+        if kind == "count":
+            by_count[count, "0" if cut == 0 else "1+"].append((count, miss))
+        if kind == "count" and 2 <= count <= 4:
+            size = next(i for i, (_, top) in enumerate(SIZE_BINS) if largest < top)  # SIZE_BINS' index
+            by_size[size, "0" if cut == 0 else "1+"].append((count, miss))
     print(f"  {'kind':<12} {'cut':>3} {'n':>4} {'right':>6} {'over':>6} {'under':>6} {'mean miss':>9} {'expected':>8}")
     for (kind, cut), group in sorted(by_cut.items()):
         print(f"  {kind:<12} {cut:>3} {len(group):>4} {summary(group)} {sum(c for c, _ in group) / len(group):>8.2f}")
     print("`How many objects are there?` by the expected count, with no counted object cut / one or more cut")
     print(f"  {'expected':>8} {'cut':>4} {'n':>4} {'right':>6} {'over':>6} {'under':>6} {'mean miss':>9}")
-    by_count = defaultdict(list)
-    for kind, count, cut, miss, _ in rows:
-        if kind == "count":
-            by_count[count, "0" if cut == 0 else "1+"].append((count, miss))
     for (count, cut), group in sorted(by_count.items()):
         print(f"  {count:>8} {cut:>4} {len(group):>4} {summary(group)}")
     print("`How many objects are there?` with 2-4 objects, by the largest object's size (share of the canvas's shorter side)")
     print(f"  {'largest':>9} {'cut':>4} {'n':>4} {'right':>6} {'over':>6} {'under':>6} {'mean miss':>9}")
-    by_size = defaultdict(list)
-    for kind, count, cut, miss, largest in rows:
-        if kind == "count" and 2 <= count <= 4:
-            size = next(name for name, top in SIZE_BINS if largest < top)
-            by_size[size, "0" if cut == 0 else "1+"].append((count, miss))
-    for name, _ in SIZE_BINS:
-        for cut in ("0", "1+"):
-            if by_size[name, cut]:
-                print(f"  {name:>9} {cut:>4} {len(by_size[name, cut]):>4} {summary(by_size[name, cut])}")
+    for (size, cut), group in sorted(by_size.items()):
+        print(f"  {SIZE_BINS[size][0]:>9} {cut:>4} {len(group):>4} {summary(group)}")
 
 
 def summary(group: list[tuple[int, int | None]]) -> str:
@@ -84,6 +78,7 @@ def summary(group: list[tuple[int, int | None]]) -> str:
     digits = [m for _, m in group if m is not None]
     shares = (sum(m == 0 for m in digits), sum(m > 0 for m in digits), sum(m < 0 for m in digits))
     return " ".join(f"{s / len(group):>6.2f}" for s in shares) + f" {sum(digits) / max(1, len(digits)):>+9.2f}"
+
 
 if __name__ == "__main__":
     main()
