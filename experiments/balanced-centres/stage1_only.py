@@ -2,6 +2,7 @@
 saved as a checkpoint whose tower `centre_probe.py --features tower` reads (the rest of the model untrained).
 
     PYTHONPATH=. python experiments/balanced-centres/stage1_only.py /tmp/z/model --balanced-centres --position-start sincos
+    PYTHONPATH=. python experiments/balanced-centres/stage1_only.py /tmp/f/model --count-mark first
 
 Stage 1 is all of the recipe that shapes the tower; this checks a tower change in ~16 minutes instead of a full run.
 """
@@ -22,6 +23,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("out", type=Path)
 parser.add_argument("--balanced-centres", action="store_true")
 parser.add_argument("--position-start", choices=["sincos", "clip"], default="clip")
+parser.add_argument("--count-mark", choices=list(T.COUNT_MARKS), default="centre")
 args = parser.parse_args()
 recipe = {name: p.default for name, p in inspect.signature(T.train).parameters.items()}  # train()'s defaults
 
@@ -33,7 +35,7 @@ model = TokenPackerForCausalLM(config).train()
 head = T.PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers),
                    balanced_centres=args.balanced_centres)  # fmt: skip
 T.TokenHead(config.text_config.hidden_size, config.scale_factor)  # train() creates it here: the same random draws
-make = T.ExampleMaker(tokenizer, config)
+make = T.ExampleMaker(tokenizer, config, count_mark=args.count_mark)
 if args.position_start == "sincos":
     with torch.no_grad():
         model.model.vision_tower.vision_tower.embeddings.position_embedding.weight.copy_(

@@ -1,6 +1,7 @@
 """Do the point tokens mark one centre per object, whatever its size? (why counting over-counts large objects)
 
     PYTHONPATH=. python experiments/count-view/centre_probe.py --model assets/default-model --scenes 300 [--features tower]
+        [--count-mark first]
 
 On freshly generated standard-split scenes (the probe's seed), a linear read-out of "this token's region holds an
 object's centre" (`token_labels`' centre channel, what counting's key word is taught to find) is fitted on the
@@ -10,7 +11,9 @@ size in that view's point tokens. An object whose centre is in the view should g
 whose centre lies in another tile (cut by a tile border) should get 0; and whether its
 most centre-like token is its centre (a read-out that ranks, not thresholds). `--features tower`: the same on the tower's
 multi-level patch features (the projector's keys and values; the patch labels' centre channel), sizes still in
-point tokens (s patches each), so that the two tables' rows compare.
+point tokens (s patches each), so that the two tables' rows compare. `--count-mark first`: the same for the mark
+`train.count_marks` calls "first" (the object's first patch in reading order) in place of the centre (a model trained
+with `--count-mark first`); "centre" in the table then means that mark.
 """
 
 import argparse
@@ -24,7 +27,7 @@ from tokenpacker.image_processing import ImageProcessor
 from tokenpacker.loading import load
 from tokenpacker.synthetic.probe import PROBE_SEED
 from tokenpacker.synthetic.scenes import COLORS, SHAPES, SPLITS, random_scene
-from tokenpacker.synthetic.train import patch_labels, token_labels
+from tokenpacker.synthetic.train import COUNT_MARKS, count_marks, patch_labels, token_labels
 
 SIZE_BINS = [("< 1", 1.0), ("1-2", 2.0), ("2-4", 4.0), (">= 4", float("inf"))]  # object side, in point tokens
 
@@ -63,6 +66,7 @@ def main() -> None:
     parser.add_argument("--model", default="assets/default-model")
     parser.add_argument("--scenes", type=int, default=300)
     parser.add_argument("--features", choices=["point-tokens", "tower"], default="point-tokens")
+    parser.add_argument("--count-mark", choices=list(COUNT_MARKS), default="centre")
     args = parser.parse_args()
     torch.manual_seed(0)
     pipeline = load(args.model, device="cpu")
@@ -76,7 +80,7 @@ def main() -> None:
     for _ in range(args.scenes):
         scene = random_scene(rng, **SPLITS["standard"])
         prepared = processor(scene.render())
-        labels = patch_labels(scene, prepared.views, grid)
+        labels = patch_labels(scene, prepared.views, grid, mark=args.count_mark)
         pixel_values = prepared.pixel_values.to(model.vision_device, model.vision_dtype)
         tower_features, multi_level = model.model.vision_tower(pixel_values)
         if args.features == "tower":  # (V, R*R, D) and (V, 4, R, R)
@@ -89,12 +93,12 @@ def main() -> None:
         centres.append(dense[:, 2].flatten())
         rows = []
         for view in prepared.views:
-            for obj in scene.objects:
+            marked = {index for index, *_ in count_marks(scene, view, grid, args.count_mark)}
+            for index, obj in enumerate(scene.objects):
                 mask = object_tokens(obj, view, dense[view.index], G)
                 if not mask.any():
                     continue
-                u, v = view.from_image(obj.cx, obj.cy)
-                centre_here = 0 <= u < view.size and 0 <= v < view.size
+                centre_here = index in marked
                 size = obj.size / view.scale_x / (view.size / G) / per_token  # in point tokens
                 rows.append((view.kind, size, centre_here, view.index * G * G + mask.flatten().nonzero()[:, 0]))
         objects.append(rows)
@@ -121,7 +125,7 @@ def main() -> None:
             hits["other object tokens"] += int((~true).sum())
             hits["other object tokens called"] += int((called[index] & ~true).sum())
     unit = "patches" if args.features == "tower" else "tokens"
-    print(f"{args.model}, standard split, {args.scenes} scenes, {args.features} (probe fitted on {fitted} scenes, "
+    print(f"{args.model}, standard split, {args.scenes} scenes, {args.features}, mark {args.count_mark} (probe fitted on {fitted} scenes, "
           "scored on the rest)")
     print(f"  centre {unit} called a centre {hits['centre tokens called'] / max(1, hits['centre tokens']):.3f} of "
           f"{hits['centre tokens']}; other object {unit} called a centre "

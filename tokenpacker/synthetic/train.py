@@ -101,12 +101,15 @@ class ExampleMaker:
     draws, a question drawn twice asked once."""
 
     def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1,
-                 colour_link: bool = False, count_view: str = "tiles"):  # fmt: skip
+                 colour_link: bool = False, count_view: str = "tiles", count_mark: str = "centre"):  # fmt: skip
         if count_view not in ("tiles", "global"):
             raise ValueError(f"count_view must be 'tiles' or 'global', not {count_view!r}")
+        if count_mark not in COUNT_MARKS:
+            raise ValueError(f"count_mark must be one of {COUNT_MARKS}, not {count_mark!r}")
         self.tokenizer = tokenizer
         self.colour_link = colour_link  # emit `links` (see __call__)
         self.count_view = count_view  # where counting's key word is taught to find the centre tokens
+        self.count_mark = count_mark  # which patch of an object is its one mark (`count_marks`)
         self.processor = ImageProcessor(config)
         self.min_turns, self.max_turns = min_turns, max_turns
         self.grid = config.raw_grid
@@ -115,7 +118,7 @@ class ExampleMaker:
     def views_and_labels(self, rng: random.Random, split: dict | None = None):
         scene = random_scene(rng, **(split or SPLITS["standard"]))
         prepared = self.processor(scene.render())
-        return prepared.pixel_values, patch_labels(scene, prepared.views, self.grid)
+        return prepared.pixel_values, patch_labels(scene, prepared.views, self.grid, mark=self.count_mark)
 
     def __call__(self, rng: random.Random, split: dict):
         """-> (prepared image, prompt ids, AnswerTargets, dense labels) for one scene drawn from `split`."""
@@ -127,7 +130,7 @@ class ExampleMaker:
                 turns.append(Turn(question, answer))
                 asked.append((kind, question, answer))
         prepared = self.processor(scene.render())
-        labels = patch_labels(scene, prepared.views, self.grid)
+        labels = patch_labels(scene, prepared.views, self.grid, mark=self.count_mark)
         ids = self.tokenizer.encode_with_image(build_prompt(turns))
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, self.point_grid,
                               start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
@@ -213,12 +216,56 @@ def attention_target(kind: str, question: str, answer: str, masks: dict[str, np.
     return mask[layout.view_index, layout.gy, layout.gx]
 
 
-def patch_labels(scene, views, grid: int, samples: int = 4) -> torch.Tensor:
+COUNT_MARKS = ("centre", "first")
+
+
+def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, pixel_labels=None
+                ) -> list[tuple[int, int, int]]:  # fmt: skip
+    """(object index, row, column) of the patch in the view (R x R patches) holding each object's count mark, for
+    the objects whose mark lies in the view. "centre": the patch under the object's centre. "first": the object's
+    first patch in reading order (its top row of patches, then the leftmost) on the view's patch grid extended over
+    the whole image, where a patch counts the object when one of its samples x samples points hits it (the object's
+    centre patch when none does). Either way an object has one mark in the thumbnail and one in all the tiles
+    together (the tiles share one grid). The first patch is a local thing to find (nothing of the object above it or
+    to its left), the centre of a large object is not (experiments/count-view, experiments/first-mark).
+    `pixel_labels`: the scene's `render_labels()` as arrays, when the caller has them."""
+    if mark not in COUNT_MARKS:
+        raise ValueError(f"count mark must be one of {COUNT_MARKS}, not {mark!r}")
+    step = view.size / grid
+    offsets = (np.arange(samples) + 0.5) / samples
+    colors, shapes = pixel_labels if pixel_labels is not None else (None, None)
+    marks = []
+    for index, obj in enumerate(scene.objects):
+        u, v = view.from_image(obj.cx, obj.cy)
+        row, column = math.floor(v / step), math.floor(u / step)  # the centre's patch
+        if mark == "first":
+            if colors is None:
+                colors, shapes = (np.asarray(m) for m in scene.render_labels())
+            x0, y0, x1, y1 = obj.box
+            (u0, v0), (u1, v1) = view.from_image(x0, y0), view.from_image(x1, y1)
+            rows, columns = np.arange(math.floor(v0 / step), math.floor(v1 / step) + 1), np.arange(math.floor(u0 / step), math.floor(u1 / step) + 1)
+            xs, _ = view.to_image((columns[:, None] + offsets[None, :]).reshape(-1) * step, 0.0)  # (C * samples,)
+            _, ys = view.to_image(0.0, (rows[:, None] + offsets[None, :]).reshape(-1) * step)  # (R' * samples,)
+            inside = (((ys >= max(0, y0)) & (ys < min(scene.height, y1)))[:, None]
+                      & ((xs >= max(0, x0)) & (xs < min(scene.width, x1)))[None, :])  # fmt: skip
+            yi = np.clip(np.floor(ys).astype(int), 0, scene.height - 1)
+            xi = np.clip(np.floor(xs).astype(int), 0, scene.width - 1)
+            hit = inside & (colors[yi][:, xi] == 1 + list(COLORS).index(obj.color)) & (shapes[yi][:, xi] == 1 + SHAPES.index(obj.shape))
+            hit = hit.reshape(len(rows), samples, len(columns), samples).any(axis=(1, 3))
+            if hit.any():
+                first = np.argwhere(hit)[0]  # row-major: the top row, then its leftmost
+                row, column = int(rows[first[0]]), int(columns[first[1]])
+        if 0 <= row < grid and 0 <= column < grid:
+            marks.append((index, row, column))
+    return marks
+
+
+def patch_labels(scene, views, grid: int, samples: int = 4, mark: str = "centre") -> torch.Tensor:
     """(V, 4, R, R) dense targets for each view's CLIP patches: colour and shape index of the object seen in
     the patch (0 = background; a patch counts an object when any of its samples x samples points hits it),
-    1 where the patch holds an object's centre (what counting needs: one mark per object), and the 3 x 3 cell
-    of the image (0-8, row by row) under the patch's centre in the global view or the only view (what `where`
-    needs; -1 in the tiles and on padding)."""
+    1 where the patch holds an object's count mark (what counting needs: one mark per object; `count_marks`,
+    its centre by default), and the 3 x 3 cell of the image (0-8, row by row) under the patch's centre in the
+    global view or the only view (what `where` needs; -1 in the tiles and on padding)."""
     colors, shapes = (np.asarray(m) for m in scene.render_labels())
     out = np.zeros((len(views), 4, grid, grid), dtype=np.int64)
     out[:, 3] = -1
@@ -237,10 +284,8 @@ def patch_labels(scene, views, grid: int, samples: int = 4) -> torch.Tensor:
                               np.clip(xi, 0, scene.width - 1)[None, :].repeat(len(yi), 0)[ok]]  # fmt: skip
             cells = hits.reshape(grid, samples, grid, samples).transpose(0, 2, 1, 3).reshape(grid, grid, -1)
             out[view.index, channel] = cells.max(axis=-1)  # any object beats background (objects never overlap)
-        for obj in scene.objects:
-            u, v = view.from_image(obj.cx, obj.cy)
-            if 0 <= u < view.size and 0 <= v < view.size:
-                out[view.index, 2, int(v / step), int(u / step)] = 1
+        for _, row, column in count_marks(scene, view, grid, mark, samples, (colors, shapes)):
+            out[view.index, 2, row, column] = 1
         if len(views) == 1 or view.kind == "global":
             xs, ys = view.to_image(*(((np.arange(grid) + 0.5) * step,) * 2))  # the patches' centres in the image
             column = np.where((xs >= 0) & (xs < scene.width), np.minimum(2, (3 * xs / scene.width).astype(int)), -1)
@@ -690,7 +735,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
           where_start: int = 0, sincos_position: bool = False, cell_target: bool = False,
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
-          count_view: str = "tiles", balanced_centres: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "centre") -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -710,7 +755,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
     `count_view`: where stages 2 and 3 teach counting's key word to find the centre tokens ("tiles" or "global";
     `attention_target`). `balanced_centres`: the tower's (stage 1) and the point tokens' (stages 1b and 2) object-centre
-    term weighs its rare centres as much as the rest (`centre_loss`).
+    term weighs its rare centres as much as the rest (`centre_loss`). `count_mark`: which patch of an object is the
+    one mark that the tower, the point tokens and counting's key word are taught ("centre" or "first"; `count_marks`).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -731,7 +777,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
                      balanced_centres=balanced_centres)  # fmt: skip
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target,
                            balanced_centres=balanced_centres)  # fmt: skip
-    make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view)
+    make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view,
+                        count_mark=count_mark)  # fmt: skip
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
     if resume_from is not None:
@@ -792,7 +839,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         torch.manual_seed(seed + 3)
         rng = random.Random(seed + 3)
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns,
-                             colour_link=colour_link, count_view=count_view)
+                             colour_link=colour_link, count_view=count_view, count_mark=count_mark)
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
@@ -803,7 +850,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -920,6 +967,9 @@ def main(argv=None) -> None:
                         help="stages 2-3: weight of the `where` key words' attention loss (the other key words' is 1)")
     parser.add_argument("--balanced-centres", action="store_true",
                         help="stages 1-2: the object-centre terms weigh the rare centres as much as the rest")
+    parser.add_argument("--count-mark", choices=list(COUNT_MARKS), default="centre",
+                        help="stages 1-3: an object's one mark, taught to the tower, the point tokens and counting's key "
+                             "word: the patch under its centre, or its first patch in reading order")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -927,7 +977,7 @@ def main(argv=None) -> None:
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
           colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
-          count_view=args.count_view, balanced_centres=args.balanced_centres)
+          count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark)
 
 
 if __name__ == "__main__":
