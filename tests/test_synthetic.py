@@ -14,7 +14,9 @@ from tokenpacker.synthetic.evaluate import EVAL_SEED, answered_questions, evalua
 from tokenpacker.synthetic.scenes import (
     COLORS, QUESTION_TYPES, SHAPES, SPLITS, Scene, SceneObject, cell_name, questions, random_scene, sample_question,
 )  # fmt: skip
-from tokenpacker.synthetic.train import TRAIN_SEED, ExampleMaker, default_config, key_word, patch_labels, tokenizer_corpus
+from tokenpacker.synthetic.train import (
+    COUNT_MARKS, TRAIN_SEED, ExampleMaker, count_marks, default_config, key_word, patch_labels, tokenizer_corpus,
+)  # fmt: skip
 
 
 @pytest.mark.parametrize("split", ["standard", "small"])
@@ -100,6 +102,36 @@ def test_rendering_and_dense_labels(task_tokenizer):
     assert labels[2, 3, 3, 3] == 0 and labels[2, 3, 11, 23] == 8 and labels[2, 3, 4, 8] == 4
     assert labels[2, 3, 3, 7] == 0 and labels[2, 3, 3, 8] == 1 and labels[2, 3, 12:].max() == -1
     assert labels[:2, 3].max() == -1
+
+
+def test_first_patch_marks_are_one_per_object_in_the_tiles_and_in_the_thumbnail(task_tokenizer):
+    """`count_mark="first"`: an object's mark is its first patch in reading order on the view's grid extended over
+    the image, so an object cut by a tile border is marked once, in the tile holding its top-left, where the centre
+    mark goes to the tile holding its centre; the other labels do not change."""
+    processor = ExampleMaker(task_tokenizer, default_config(task_tokenizer)).processor
+    # A square over pixels 72..128 (rows and columns) and one over columns 308..364, rows 72..128: the second is cut
+    # by the border between tile (0, 0) (columns 0..336) and tile (0, 1).
+    scene = Scene(672, 336, (20, 20, 20), 0, [SceneObject("square", "yellow", 100, 100, 56),
+                                              SceneObject("square", "red", 336, 100, 56)], 0)  # fmt: skip
+    views = processor(scene.render()).views
+    centre, first = patch_labels(scene, views, 24), patch_labels(scene, views, 24, mark="first")
+    assert torch.equal(centre[:, [0, 1, 3]], first[:, [0, 1, 3]])
+    # Patch 5 covers pixels 70..84 of a tile, its samples at 71.75, 75.25, ...: the first to hit pixel 72 on.
+    assert first[0, 2].nonzero().tolist() == [[5, 5], [5, 22]] and first[1, 2].sum() == 0
+    assert centre[0, 2].nonzero().tolist() == [[7, 7]] and centre[1, 2].nonzero().tolist() == [[7, 0]]
+    # The thumbnail at scale 1/2: the squares over 36..64 and columns 154..182: patches (2, 2) and (2, 11).
+    assert first[2, 2].nonzero().tolist() == [[2, 2], [2, 11]]
+    with pytest.raises(ValueError, match="count mark must be one of"):
+        count_marks(scene, views[0], 24, mark="middle")
+    rng = random.Random(11)
+    for _ in range(30):  # on HD partitions of every kind: each object marked once in the tiles, once in the thumbnail
+        scene = random_scene(rng, **SPLITS["standard"])
+        views = processor(scene.render()).views
+        for mark in COUNT_MARKS:
+            in_tiles = sorted(i for v in views if v.kind != "global" for i, *_ in count_marks(scene, v, 24, mark))
+            in_thumbnail = sorted(i for v in views if v.kind == "global" for i, *_ in count_marks(scene, v, 24, mark))
+            assert in_tiles == list(range(len(scene.objects)))
+            assert in_thumbnail == (in_tiles if len(views) > 1 else [])
 
 
 def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
