@@ -243,7 +243,8 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
                 colors, shapes = (np.asarray(m) for m in scene.render_labels())
             x0, y0, x1, y1 = obj.box
             (u0, v0), (u1, v1) = view.from_image(x0, y0), view.from_image(x1, y1)
-            rows, columns = np.arange(math.floor(v0 / step), math.floor(v1 / step) + 1), np.arange(math.floor(u0 / step), math.floor(u1 / step) + 1)
+            rows = np.arange(math.floor(v0 / step), math.floor(v1 / step) + 1)  # the box's patches, beyond the view too
+            columns = np.arange(math.floor(u0 / step), math.floor(u1 / step) + 1)
             xs, _ = view.to_image((columns[:, None] + offsets[None, :]).reshape(-1) * step, 0.0)  # (C * samples,)
             _, ys = view.to_image(0.0, (rows[:, None] + offsets[None, :]).reshape(-1) * step)  # (R' * samples,)
             inside = (((ys >= max(0, y0)) & (ys < min(scene.height, y1)))[:, None]
