@@ -1,6 +1,7 @@
 """The synthetic-scene task and the embedded default model trained on it."""
 
 import json
+import math
 import random
 
 import numpy as np
@@ -139,7 +140,7 @@ def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
     maker = ExampleMaker(tokenizer, default_config(tokenizer))
     rng = random.Random(TRAIN_SEED)
     for _ in range(3):
-        prepared, ids, (spans, keys, rows, places, links), _ = maker(rng, SPLITS["standard"])
+        prepared, ids, (spans, keys, rows, places, links, spread), _ = maker(rng, SPLITS["standard"])
         assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans) == len(rows)
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, maker.point_grid,
                               start=ids.index(-200))  # fmt: skip
@@ -148,6 +149,7 @@ def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
             assert position < start and target == ids[first]  # the key word precedes its answer, targets its first piece
             assert key == position and query == first - 1  # the token that predicts that piece attends to the key word
             assert np.isin(objects, layout.positions).all() or objects.tolist() == [0]  # point tokens, or <s> for none
+        assert spread == ()  # no `count_spread`
         for start, end, kind in spans:
             assert kind in QUESTION_TYPES
             assert ids[end - 1] == tokenizer.eos_token_id  # each answer ends with </s>
@@ -401,6 +403,60 @@ def test_attention_probe_reads_the_models_own_attention():
     assert loss.item() == pytest.approx(-on_target.log().mean().item(), abs=1e-4)
 
 
+def test_a_spread_row_is_taught_an_even_share_on_each_target():
+    """`spread` rows: the cross-entropy to 1/len on each target (least at the even spread, more than the mass's
+    -log 1 = 0 when all of it sits on one target); the other rows keep -log mass; the mass reported is the mass."""
+    from tokenpacker.synthetic.train import attention_mass_loss
+
+    probs = torch.tensor([[0.5, 0.0, 0.5, 0.0], [1.0, 0.0, 0.0, 0.0], [0.2, 0.3, 0.1, 0.4]]).clamp_min(1e-12)
+    targets = [np.array([0, 2]), np.array([0, 2]), np.array([1, 3])]
+    loss, mass = attention_mass_loss(probs.log(), targets, spread=torch.tensor([True, True, False]))
+    expected = [math.log(2), -(math.log(1.0) + math.log(1e-12)) / 2, -math.log(0.7)]  # even; all on <s>; a mass row
+    assert loss.item() == pytest.approx(sum(expected) / 3, rel=1e-5)
+    assert mass == pytest.approx((1.0 + 1.0 + 0.7) / 3, abs=1e-6)
+    plain, _ = attention_mass_loss(probs.log(), targets)
+    assert plain.item() == pytest.approx(-math.log(0.7) / 3, abs=1e-5)
+    even, _ = attention_mass_loss(torch.tensor([[0.25] * 4]).log(), [np.arange(4)], spread=torch.tensor([True]))
+    assert even.item() == pytest.approx(math.log(4), rel=1e-6)  # the least a 4-way spread can cost
+
+
+def test_count_spread_adds_bos_to_counting_targets_only(task_tokenizer, monkeypatch):
+    """`count_spread`: the same conversations, with <s> (position 0) added to each counting key word's target and
+    those key words listed in `spread`; batch_loss then teaches those rows the spread and no other row."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic import train as T
+
+    config = default_config(task_tokenizer)
+    plain_maker = ExampleMaker(task_tokenizer, config, max_turns=8, count_mark="first")
+    spread_maker = ExampleMaker(task_tokenizer, config, max_turns=8, count_mark="first", count_spread=True)
+    examples, counted = [], 0
+    for seed in range(12):
+        plain, spread = plain_maker(random.Random(seed), T.WARMUP_SPLIT), spread_maker(random.Random(seed), T.WARMUP_SPLIT)
+        assert plain[1] == spread[1] and plain[2].spans == spread[2].spans and torch.equal(plain[3], spread[3])
+        for (start, _, kind), (position, target, objects), (position_, target_, objects_) in zip(
+                plain[2].spans, plain[2].keys, spread[2].keys):  # fmt: skip
+            assert (position, target) == (position_, target_)
+            if kind in ("count", "count_shape"):
+                assert position in spread[2].spread
+                assert objects_.tolist() == ([0] if objects.tolist() == [0] else [0] + objects.tolist())
+            else:
+                assert position not in spread[2].spread and objects_.tolist() == objects.tolist()
+        counted += len(spread[2].spread)
+        examples.append(spread)
+    assert counted >= 3
+    torch.manual_seed(0)
+    model = TokenPackerForCausalLM(config).eval()
+    model.set_attn_implementation(T.TRAINING_ATTENTION)
+    calls, original = [], T.attention_mass_loss
+    monkeypatch.setattr(T, "attention_mass_loss", lambda *args: calls.append(args) or original(*args))
+    with torch.no_grad():
+        T.batch_loss(model, None, examples[:4])
+    log_probs, targets, _, rows = calls[0]  # KEY_LAYER's rows
+    keys = [(e[2].spread, position) for e in examples[:4] for position, _, _ in e[2].keys]
+    assert rows.tolist() == [position in spread for spread, position in keys] and rows.any()
+    assert calls[1][3] is None  # ANSWER_LAYER: masses only
+
+
 def test_a_padded_training_batch_gives_each_conversation_what_it_gets_alone(task_tokenizer):
     """`batch_loss` pads conversations of different lengths on the right and passes no attention mask (causal
     attention keeps the padding out of every real token's view): the batch's answer loss is the token-weighted
@@ -508,7 +564,7 @@ def test_the_where_key_words_attention_loss_can_weigh_more(task_tokenizer, monke
         heavy = T.batch_loss(model, None, examples, where_attention=3.0)
     for a, b in zip(plain[:5], same[:5]):
         assert torch.equal(a, b)
-    log_probs, targets, weights = calls[0]  # layers in dict order, those with rows: KEY_LAYER, ANSWER_LAYER (no links)
+    log_probs, targets, weights, spread = calls[0]  # layers in dict order, those with rows: KEY_LAYER, ANSWER_LAYER (no links)
     assert len(targets) == sum(len(e[2].keys) for e in examples)
     where = weights == 3.0
     assert where.sum().item() == sum(len(e[2].places) for e in examples) and bool(((weights == 1.0) | where).all())

@@ -91,6 +91,8 @@ class AnswerTargets(NamedTuple):
     places: list  # per `where` question: (key word's position, the answer's row index in ROWS, column in COLUMNS)
     links: list  # per `where` / `exists` question, with `colour_link` only: (key word's position, the colour word's
     #              last piece's position), which layer COLOUR_LINK_LAYER's head 0 is taught to attend to
+    spread: tuple = ()  # with `count_spread`: the counting key words' positions, whose targets (<s> and one mark
+    #                     token per object) are taught as an even spread of the attention, not as a mass
 
 
 class ExampleMaker:
@@ -101,7 +103,8 @@ class ExampleMaker:
     draws, a question drawn twice asked once."""
 
     def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1,
-                 colour_link: bool = False, count_view: str = "tiles", count_mark: str = "centre"):  # fmt: skip
+                 colour_link: bool = False, count_view: str = "tiles", count_mark: str = "centre",
+                 count_spread: bool = False):  # fmt: skip
         if count_view not in ("tiles", "global"):
             raise ValueError(f"count_view must be 'tiles' or 'global', not {count_view!r}")
         if count_mark not in COUNT_MARKS:
@@ -110,6 +113,7 @@ class ExampleMaker:
         self.colour_link = colour_link  # emit `links` (see __call__)
         self.count_view = count_view  # where counting's key word is taught to find the centre tokens
         self.count_mark = count_mark  # which patch of an object is its one mark (`count_marks`)
+        self.count_spread = count_spread  # counting's key word: 1/(n+1) of its attention on <s> and each of n marks
         self.processor = ImageProcessor(config)
         self.min_turns, self.max_turns = min_turns, max_turns
         self.grid = config.raw_grid
@@ -135,7 +139,7 @@ class ExampleMaker:
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, self.point_grid,
                               start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
         masks = token_masks(labels, prepared.views, self.point_grid)
-        spans, keys, rows, places, links, previous_end = [], [], [], [], [], 0
+        spans, keys, rows, places, links, spread, previous_end = [], [], [], [], [], [], 0
         for i, (turn, (kind, question, answer)) in enumerate(zip(turns, asked)):  # each answer (and its </s>) extends its prompt's tokens
             start = len(self.tokenizer.encode_with_image(build_prompt(turns[:i] + [Turn(turn.question)])))
             end = len(self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])))
@@ -149,6 +153,11 @@ class ExampleMaker:
                 objects = layout.positions[attention_target(kind, question, answer, masks, layout, self.count_view)]
                 # <s> only when nothing is asked about: with <s> in every target set the head met the loss at once
                 # (mass on target 0.94 after 75 steps) and the answers learned no better: it sank on <s>
+                if self.count_spread and kind in ("count", "count_shape"):
+                    # <s> and the n mark tokens, 1/(n+1) each: head 0's output is then v_<s>/(n+1) plus n/(n+1) of
+                    # a mark's value, a vector that says n (a mass on the marks alone reads the same for every n)
+                    objects = np.concatenate([[0], objects])
+                    spread.append(found[0])
                 keys.append((found[0], ids[first], objects if len(objects) else np.array([0])))
                 rows.append((first - 1, found[0]))
                 if kind == "where":
@@ -157,7 +166,7 @@ class ExampleMaker:
                 if self.colour_link and kind in ("where", "exists"):  # '... red circle?': 'red' ends just before 'circle'
                     links.append((found[0], found[0] - 1))
             previous_end = end
-        return prepared, ids, AnswerTargets(spans, keys, rows, places, links), labels
+        return prepared, ids, AnswerTargets(spans, keys, rows, places, links, tuple(spread)), labels
 
 
 def key_word(kind: str, question: str) -> str:
@@ -510,16 +519,22 @@ AttentionInterface.register(TRAINING_ATTENTION, training_sdpa)
 AttentionMaskInterface.register(TRAINING_ATTENTION, sdpa_mask)
 
 
-def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray], weights: torch.Tensor | None = None
-                        ) -> tuple[torch.Tensor, float]:  # fmt: skip
+def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray], weights: torch.Tensor | None = None,
+                        spread: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:  # fmt: skip
     """-log of the attention mass that each row of (Q, T) log-attention puts on its target positions (the
     mass, not a uniform spread: one of a big object's tokens is as good as all of them), and the mean mass.
-    `weights` (Q,): each row's -log mass times its weight, summed over Q rows and divided by Q (weights of 1: the mean)."""
+    `spread` (Q,) bool: those rows are taught an even spread over their targets instead, the cross-entropy
+    -mean(log attention) over the targets (least when each target gets 1/len of the mass and nothing else any).
+    `weights` (Q,): each row's loss times its weight, summed over Q rows and divided by Q (weights of 1: the mean)."""
     on_target = torch.zeros_like(log_probs, dtype=torch.bool)
     for i, positions in enumerate(targets):
         on_target[i, torch.as_tensor(positions)] = True
     log_mass = log_probs.masked_fill(~on_target, float("-inf")).logsumexp(-1)  # (Q,)
-    loss = -log_mass.mean() if weights is None else -(log_mass * weights).sum() / len(log_mass)
+    row_loss = -log_mass
+    if spread is not None:
+        even = -log_probs.masked_fill(~on_target, 0.0).sum(-1) / on_target.sum(-1)  # (Q,) cross-entropy to 1/len each
+        row_loss = torch.where(spread, even, row_loss)
+    loss = row_loss.mean() if weights is None else (row_loss * weights).sum() / len(row_loss)
     return loss, log_mass.detach().exp().mean().item()
 
 
@@ -540,7 +555,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     tokens = model.model.mm_projector(features, multi_level).tokens  # (all views, G*G, H)
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
-    sequences, targets, answers, keys, places, where_rows, offset = [], [], [], [], [], [], 0
+    sequences, targets, answers, keys, places, where_rows, spread_rows, offset = [], [], [], [], [], [], [], 0
     supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
     for prepared, ids, taught, _ in examples:
         count = prepared.pixel_values.shape[0]
@@ -555,6 +570,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         keys += [(len(sequences), position + shift, target) for position, target, _ in taught.keys]
         supervised[KEY_LAYER] += [(len(sequences), position + shift, objects) for position, _, objects in taught.keys]
         where_keys = {key for key, _, _ in taught.places}
+        spread_rows += [position in taught.spread for position, _, _ in taught.keys]  # per KEY_LAYER row: taught a spread
         where_rows += [position in where_keys for position, _, _ in taught.keys]  # per KEY_LAYER row: a `where` key word
         supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in taught.rows]
         places += [(len(sequences), key + shift, row, column) for key, row, column in taught.places]
@@ -584,7 +600,9 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
             hook.remove()
     row_weights = {KEY_LAYER: torch.where(torch.tensor(where_rows, dtype=torch.bool), where_attention, 1.0)
                    if where_attention != 1.0 and any(where_rows) else None}  # fmt: skip
-    attention = {layer: attention_mass_loss(probe.log_probs[layer], [t for *_, t in rows], row_weights.get(layer))
+    spread = {KEY_LAYER: torch.tensor(spread_rows, dtype=torch.bool) if any(spread_rows) else None}
+    attention = {layer: attention_mass_loss(probe.log_probs[layer], [t for *_, t in rows], row_weights.get(layer),
+                                            spread.get(layer))
                  for layer, rows in supervised.items() if rows}  # fmt: skip
     attention_loss = sum((loss for loss, _ in attention.values()), logits.sum() * 0)
     masses = {layer: mass for layer, (_, mass) in attention.items()}
@@ -736,7 +754,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
           where_start: int = 0, sincos_position: bool = False, cell_target: bool = False,
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
-          count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "centre") -> TokenPackerPipeline:  # fmt: skip
+          count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "centre",
+          count_spread: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -758,6 +777,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     `attention_target`). `balanced_centres`: the tower's (stage 1) and the point tokens' (stages 1b and 2) object-centre
     term weighs its rare centres as much as the rest (`centre_loss`). `count_mark`: which patch of an object is the
     one mark that the tower, the point tokens and counting's key word are taught ("centre" or "first"; `count_marks`).
+    `count_spread`: stages 2 and 3 teach counting's key word an even spread over <s> and its n marks' tokens, 1/(n+1)
+    each, instead of its mass on the marks (`ExampleMaker`, `attention_mass_loss`).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -779,7 +800,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target,
                            balanced_centres=balanced_centres)  # fmt: skip
     make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view,
-                        count_mark=count_mark)  # fmt: skip
+                        count_mark=count_mark, count_spread=count_spread)  # fmt: skip
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
     if resume_from is not None:
@@ -840,7 +861,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         torch.manual_seed(seed + 3)
         rng = random.Random(seed + 3)
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns,
-                             colour_link=colour_link, count_view=count_view, count_mark=count_mark)
+                             colour_link=colour_link, count_view=count_view, count_mark=count_mark,
+                             count_spread=count_spread)
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
@@ -851,7 +873,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -971,6 +993,9 @@ def main(argv=None) -> None:
     parser.add_argument("--count-mark", choices=list(COUNT_MARKS), default="centre",
                         help="stages 1-3: an object's one mark, taught to the tower, the point tokens and counting's key "
                              "word: the patch under its centre, or its first patch in reading order")
+    parser.add_argument("--count-spread", action="store_true",
+                        help="stages 2-3: counting's key word is taught 1/(n+1) of its attention on <s> and on each of "
+                             "its n marks' tokens (an output that says n), not its mass on the marks")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -978,7 +1003,8 @@ def main(argv=None) -> None:
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
           colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
-          count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark)
+          count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
+          count_spread=args.count_spread)
 
 
 if __name__ == "__main__":
