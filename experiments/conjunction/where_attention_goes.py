@@ -33,9 +33,9 @@ rng = random.Random(4321)
 recorded, original = [], T.attention_mass_loss
 
 
-def recording(log_probs, targets, weights=None):
+def recording(log_probs, targets, weights=None, spread=None):
     recorded.append(log_probs.detach().exp())
-    return original(log_probs, targets, weights)
+    return original(log_probs, targets, weights, spread)
 
 
 T.attention_mass_loss = recording
@@ -45,7 +45,7 @@ mass = defaultdict(list)  # (kind, answer) -> [(7,) per question]
 right = defaultdict(list)
 with torch.no_grad():
     for _ in range(count):
-        prepared, ids, (spans, keys, rows, _, _), labels = example = make(rng, SPLITS["standard"])
+        prepared, ids, (spans, keys, rows, *_), labels = example = make(rng, SPLITS["standard"])
         recorded.clear()
         *_, scores = T.batch_loss(model, None, [example])
         attention = recorded[0]  # (keys, T): KEY_LAYER's rows come first, one per key word
