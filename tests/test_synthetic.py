@@ -492,7 +492,7 @@ def test_where_questions_carry_the_place_their_answer_names(task_tokenizer):
     maker = ExampleMaker(task_tokenizer, default_config(task_tokenizer), max_turns=8)
     rng, checked = random.Random(5), 0
     while checked < 5:
-        _, ids, (spans, keys, _, places, _), _ = maker(rng, SPLITS["standard"])
+        _, ids, (spans, keys, _, places, *_), _ = maker(rng, SPLITS["standard"])
         assert len(places) == sum(kind == "where" for _, _, kind in spans)
         for key, row, column in places:
             start, end, kind = spans[[position for position, _, _ in keys].index(key)]
@@ -514,7 +514,7 @@ def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
     examples, checked = [], 0
     for seed in range(4):
         example, same = linked(random.Random(seed), SPLITS["standard"]), plain(random.Random(seed), SPLITS["standard"])
-        _, ids, (spans, keys, _, _, links), _ = example
+        _, ids, (spans, keys, _, _, links, _), _ = example
         plain_targets, linked_targets = same[2], example[2]
         assert same[1] == ids and plain_targets.links == [] and linked_targets.links == links
         for field in ("spans", "rows", "places"):  # the flag adds links, nothing else
