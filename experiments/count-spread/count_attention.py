@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from experiments.key_attention import key_word_attention
 from tokenpacker.loading import load
 from tokenpacker.synthetic import train as T
 from tokenpacker.synthetic.scenes import SPLITS
@@ -30,30 +31,18 @@ model.set_attn_implementation(T.TRAINING_ATTENTION)
 mark = recipe.get("count_mark", "centre")
 make = T.ExampleMaker(tokenizer, pipeline.config, count_mark=mark, count_spread=True)  # targets: <s>, then the marks
 rng = random.Random(2468)
-recorded, original = [], T.attention_mass_loss
-
-
-def recording(log_probs, targets, weights=None, spread=None):
-    recorded.append(log_probs.detach().exp())
-    return original(log_probs, targets, weights, spread)
-
-
-T.attention_mass_loss = recording
 rows = defaultdict(list)  # (kind, n) -> [(right, marks, <s>, on marks, rest, evenness)]
-with torch.no_grad():
-    for _ in range(count):
-        prepared, ids, taught, labels = example = make(rng, SPLITS["standard"])
-        recorded.clear()
-        *_, scores = T.batch_loss(model, None, [example])
-        attention = recorded[0]  # (keys, T): KEY_LAYER's rows come first, one per key word
-        for (start, end, kind), (_, hit), (_, _, targets), row in zip(taught.spans, scores, taught.keys, attention):
-            if kind not in ("count", "count_shape"):
-                continue
-            n = int(tokenizer.decode(ids[start:end]).replace("</s>", "").strip())
-            marks = row[torch.as_tensor(targets[1:], dtype=torch.long)] if len(targets) > 1 else torch.zeros(0)
-            evenness = (marks.min() / marks.max()).item() if len(marks) else np.nan
-            rows[kind, n].append((hit, len(marks), row[0].item(), marks.sum().item(),
-                                  1 - row[0].item() - marks.sum().item(), evenness))  # fmt: skip
+for _ in range(count):
+    prepared, ids, taught, labels = example = make(rng, SPLITS["standard"])
+    scores, attention = key_word_attention(model, example)  # attention: (keys, T)
+    for (start, end, kind), (_, hit), (_, _, targets), row in zip(taught.spans, scores, taught.keys, attention):
+        if kind not in ("count", "count_shape"):
+            continue
+        n = int(tokenizer.decode(ids[start:end]).replace("</s>", "").strip())
+        marks = row[torch.as_tensor(targets[1:], dtype=torch.long)] if len(targets) > 1 else torch.zeros(0)
+        evenness = (marks.min() / marks.max()).item() if len(marks) else np.nan
+        rows[kind, n].append((hit, len(marks), row[0].item(), marks.sum().item(),
+                              1 - row[0].item() - marks.sum().item(), evenness))  # fmt: skip
 print(f"# {sys.argv[1]} (count_mark {mark}, count_spread {recipe.get('count_spread', False)}), {count} conversations; "
       f"head 0 of layer {T.KEY_LAYER} at counting's key word")  # fmt: skip
 print(f"{'question':<12} {'n':>2} {'asked':>5} {'acc':>5} {'marks':>6} {'<s>':>6} {'on marks':>8} {'rest':>6} {'evenness':>8}")
