@@ -5,10 +5,10 @@
 CLIP-style tower at 336 px / patch 14 (the real 24 x 24 grid and 336 px HD tiles), the TokenPacker
 projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece tokenizer; HD slice mode with
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
-the same checkpoint on the same machine. The defaults made the shipped checkpoint in one piece in 4785 s = 80
-minutes on the project's 2-core CPU (run Q, assets/default-model/training.log: stage 1 891 s, stage 1b 373 s,
-stage 2 2789 s, stage 3 731 s). The machine's speed varies: on a slower afternoon the same recipe took 94
-minutes (run O, experiments/polish/README.md), about 92 with today's code (experiments/speed/README.md).
+the same checkpoint on the same machine. The defaults made the shipped checkpoint in one piece in 4982 s = 83
+minutes on the project's 2-core CPU (run AB, assets/default-model/training.log: stage 1 1053 s, stage 1b 411 s,
+stage 2 2840 s, stage 3 678 s). The machine's speed varies by 10-20% from day to day (the previous recipe, run Q,
+took 80 minutes on a fast day and about 92 on a slow one: experiments/speed/README.md).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
@@ -20,10 +20,13 @@ of waiting for it (the key word attends to the point tokens of the objects asked
 word). Stage 3 polishes on the full range only, with longer conversations (4-12 questions a scene: more answers
 for each pass over the visual tokens) and a small learning rate. `--tower-from CHECKPOINT` takes stage 1 from a
 checkpoint of this recipe, `--resume-from CHECKPOINT` stages 1-2; either gives the same result as a full run.
-`--where-weight W` (a training-only read-out of `where` answers at the key word in stage 2, from step
-`--where-start`), `--position-start sincos` (the tower's position embedding starts as a 2-D sine-cosine table) and
-`--cell-target` are off by default: runs R, S and T had them (experiments/where-readout, where-cell-readout and
-where-late-readout) and were not shipped."""
+The recipe has, since run AB (experiments/mark-and-readout), a training-only read-out of `where` answers at the key
+word in stage 2 (`--where-weight 1`, from step `--where-start`), the tower's position embedding started as a 2-D
+sine-cosine table (`--position-start sincos`; both from run R, experiments/where-readout) and each object counted by
+its first patch in reading order (`--count-mark first`, run Z, experiments/first-mark); `--where-weight 0
+--position-start clip --count-mark centre` gives run Q's recipe, shipped before it. The other options
+(`--cell-target`, `--colour-link`, `--count-spread`, ...) are off by default: the runs that had them were not
+shipped."""
 
 import argparse
 import json
@@ -432,7 +435,7 @@ class TokenHead(torch.nn.Module):
         return losses
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor, color_only: bool = False) -> torch.Tensor:
-        """The sum of `losses`; `color_only`: the colour term alone (run Q's stage 1b starts with it: learnt beside
+        """The sum of `losses`; `color_only`: the colour term alone (the recipe's stage 1b starts with it: learnt beside
         shape from the start, colour is crowded out)."""
         losses = self.losses(tokens, labels)
         return losses["colour"] if color_only else sum(losses.values())
@@ -751,10 +754,10 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           warmup_steps: int = 1400, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
-          polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 0.0,
-          where_start: int = 0, sincos_position: bool = False, cell_target: bool = False,
+          polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 1.0,
+          where_start: int = 0, sincos_position: bool = True, cell_target: bool = False,
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
-          count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "centre",
+          count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
           count_spread: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
@@ -973,9 +976,9 @@ def main(argv=None) -> None:
     parser.add_argument("--polish-steps", type=int, default=250, help="stage 3: full-range steps on longer conversations")
     parser.add_argument("--polish-lr", type=float, default=2.5e-4, help="stage 3's peak learning rate")
     parser.add_argument("--resume-from", type=Path, help="take stages 1-2 (the whole model) from this checkpoint of the recipe")
-    parser.add_argument("--where-weight", type=float, default=0.0, help="stage 2's weight of the `where` read-out (0: none)")
+    parser.add_argument("--where-weight", type=float, default=1.0, help="stage 2's weight of the `where` read-out (0: none)")
     parser.add_argument("--where-start", type=int, default=0, help="stage 2's first step with the `where` read-out")
-    parser.add_argument("--position-start", choices=["sincos", "clip"], default="clip",
+    parser.add_argument("--position-start", choices=["sincos", "clip"], default="sincos",
                         help="the tower's position embedding starts as a 2-D sine-cosine table or CLIP's random one")
     parser.add_argument("--cell-target", action="store_true",
                         help="the 3 x 3 cell as a target of the tower's patches and the object point tokens (stages 1-2)")
@@ -990,7 +993,7 @@ def main(argv=None) -> None:
                         help="stages 2-3: weight of the `where` key words' attention loss (the other key words' is 1)")
     parser.add_argument("--balanced-centres", action="store_true",
                         help="stages 1-2: the object-centre terms weigh the rare centres as much as the rest")
-    parser.add_argument("--count-mark", choices=list(COUNT_MARKS), default="centre",
+    parser.add_argument("--count-mark", choices=list(COUNT_MARKS), default="first",
                         help="stages 1-3: an object's one mark, taught to the tower, the point tokens and counting's key "
                              "word: the patch under its centre, or its first patch in reading order")
     parser.add_argument("--count-spread", action="store_true",
