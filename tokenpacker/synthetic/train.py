@@ -96,6 +96,8 @@ class AnswerTargets(NamedTuple):
     #              last piece's position), which layer COLOUR_LINK_LAYER's head 0 is taught to attend to
     spread: tuple = ()  # with `count_spread`: the counting key words' positions, whose targets (<s> and one mark
     #                     token per object) are taught as an even spread of the attention, not as a mass
+    counts: list = ()  # with `count_head`: per counting key word, (its position, <s> and its n marks' positions),
+    #                    taught to layer KEY_LAYER's head COUNT_HEAD as an even spread, 1/(n+1) each
 
 
 class ExampleMaker:
@@ -107,7 +109,7 @@ class ExampleMaker:
 
     def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1,
                  colour_link: bool = False, count_view: str = "tiles", count_mark: str = "centre",
-                 count_spread: bool = False):  # fmt: skip
+                 count_spread: bool = False, count_head: bool = False):  # fmt: skip
         if count_view not in ("tiles", "global"):
             raise ValueError(f"count_view must be 'tiles' or 'global', not {count_view!r}")
         if count_mark not in COUNT_MARKS:
@@ -117,6 +119,7 @@ class ExampleMaker:
         self.count_view = count_view  # where counting's key word is taught to find the centre tokens
         self.count_mark = count_mark  # which patch of an object is its one mark (`count_marks`)
         self.count_spread = count_spread  # counting's key word: 1/(n+1) of its attention on <s> and each of n marks
+        self.count_head = count_head  # the same, taught to a head of its own (COUNT_HEAD), head 0's mass kept
         self.processor = ImageProcessor(config)
         self.min_turns, self.max_turns = min_turns, max_turns
         self.grid = config.raw_grid
@@ -142,7 +145,7 @@ class ExampleMaker:
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, self.point_grid,
                               start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
         masks = token_masks(labels, prepared.views, self.point_grid)
-        spans, keys, rows, places, links, spread, previous_end = [], [], [], [], [], [], 0
+        spans, keys, rows, places, links, spread, counts, previous_end = [], [], [], [], [], [], [], 0
         for i, (turn, (kind, question, answer)) in enumerate(zip(turns, asked)):  # each answer (and its </s>) extends its prompt's tokens
             start = len(self.tokenizer.encode_with_image(build_prompt(turns[:i] + [Turn(turn.question)])))
             end = len(self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])))
@@ -154,6 +157,10 @@ class ExampleMaker:
             first = next(p for p in range(start, end) if self.tokenizer.id_to_piece(ids[p]) != "▁")
             if found:
                 objects = layout.positions[attention_target(kind, question, answer, masks, layout, self.count_view)]
+                if self.count_head and kind in ("count", "count_shape"):
+                    # head 0 keeps its mass on the marks (it retrieves for every question type, so its keys carry
+                    # colour and shape); head COUNT_HEAD is free to key on the mark alone and share evenly
+                    counts.append((found[0], np.concatenate([[0], objects])))
                 # <s> only when nothing is asked about: with <s> in every target set the head met the loss at once
                 # (mass on target 0.94 after 75 steps) and the answers learned no better: it sank on <s>
                 if self.count_spread and kind in ("count", "count_shape"):
@@ -169,7 +176,7 @@ class ExampleMaker:
                 if self.colour_link and kind in ("where", "exists"):  # '... red circle?': 'red' ends just before 'circle'
                     links.append((found[0], found[0] - 1))
             previous_end = end
-        return prepared, ids, AnswerTargets(spans, keys, rows, places, links, tuple(spread)), labels
+        return prepared, ids, AnswerTargets(spans, keys, rows, places, links, tuple(spread), counts), labels
 
 
 def key_word(kind: str, question: str) -> str:
@@ -476,26 +483,31 @@ class WhereHead(torch.nn.Module):
 TRAINING_ATTENTION = "tokenpacker_training_sdpa"
 KEY_LAYER, ANSWER_LAYER = 1, 2  # where head 0 is taught to find the key word's objects / the answer its key word
 COLOUR_LINK_LAYER = 0  # with `colour_link`: where head 0 is taught to bring a `where`/`exists` key word its colour word
+COUNT_HEAD = 1  # with `count_head`: layer KEY_LAYER's head taught counting's even spread over <s> and the marks
 
 
 class AttentionProbe:
-    """Training-only: head 0's log-attention at chosen (batch row, query position) pairs of chosen layers, kept
-    differentiable so that it can be supervised (the retrieval is taught, not waited for)."""
+    """Training-only: a head's log-attention at chosen (batch row, query position) pairs of chosen layers, kept
+    differentiable so that it can be supervised (the retrieval is taught, not waited for). A query set is named by
+    its layer (head 0) or by (layer, head)."""
 
-    def __init__(self, queries: dict[int, tuple[torch.Tensor, torch.Tensor]]):
-        self.queries = queries  # layer -> (batch rows (Q,), query positions (Q,))
-        self.log_probs: dict[int, torch.Tensor] = {}  # layer -> (Q, T)
+    def __init__(self, queries: dict[int | tuple[int, int], tuple[torch.Tensor, torch.Tensor]]):
+        self.queries = queries  # layer or (layer, head) -> (batch rows (Q,), query positions (Q,))
+        self.log_probs: dict[int | tuple[int, int], torch.Tensor] = {}  # the same names -> (Q, T)
 
 
 def training_sdpa(module, query, key, value, attention_mask, attention_probe=None, **kwargs):
     out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    layer = getattr(module, "layer_idx", None)
-    if attention_probe is not None and layer in attention_probe.queries:
-        rows, positions = attention_probe.queries[layer]
+    layer_idx = getattr(module, "layer_idx", None)
+    for name, (rows, positions) in (attention_probe.queries.items() if attention_probe is not None else ()):
+        layer, head = name if isinstance(name, tuple) else (name, 0)
+        if layer != layer_idx:
+            continue
+        kv_head = head // (query.shape[1] // key.shape[1])  # grouped-query attention: the head's key/value head
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
-        logits = torch.einsum("qd,qtd->qt", query[rows, 0, positions].float(), key[rows, 0].float()) * scaling
+        logits = torch.einsum("qd,qtd->qt", query[rows, head, positions].float(), key[rows, kv_head].float()) * scaling
         future = torch.arange(key.shape[2], device=key.device)[None, :] > positions[:, None]
-        attention_probe.log_probs[layer] = logits.masked_fill(future, float("-inf")).log_softmax(-1)
+        attention_probe.log_probs[name] = logits.masked_fill(future, float("-inf")).log_softmax(-1)
     return out
 
 
@@ -547,8 +559,9 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     counts; the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
     layer KEY_LAYER, the `where` key words' rows weighted `where_attention`; answer -> key word in ANSWER_LAYER;
-    key word -> colour word in COLOUR_LINK_LAYER for the examples' links; head 0) with the mean mass on target
-    per layer and, under "where", the `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
+    key word -> colour word in COLOUR_LINK_LAYER for the examples' links; head 0; and, for the examples' `counts`,
+    counting's key word -> an even spread over <s> and its marks in layer KEY_LAYER's head COUNT_HEAD) with the mean
+    mass on target per layer (the count head's under (KEY_LAYER, COUNT_HEAD)) and, under "where", the `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
     the `where` read-out of the key words' states after KEY_LAYER (`where_head`; 0 without one or without
     `where` questions); and, per answer, (question type, whether every answer token was the argmax)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
@@ -559,7 +572,9 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, places, where_rows, spread_rows, offset = [], [], [], [], [], [], [], 0
-    supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: []}  # layer -> [(row, query position, target positions)]
+    count_name = (KEY_LAYER, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
+    supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: [], count_name: []}  # layer (head 0) or
+    #                                           (layer, head) -> [(row, query position, target positions)]
     for prepared, ids, taught, _ in examples:
         count = prepared.pixel_values.shape[0]
         visual = model.embed_visual_sequence(tokens[offset : offset + count], prepared.grid)
@@ -578,6 +593,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in taught.rows]
         places += [(len(sequences), key + shift, row, column) for key, row, column in taught.places]
         supervised[COLOUR_LINK_LAYER] += [(len(sequences), key + shift, np.array([colour + shift])) for key, colour in taught.links]
+        supervised[count_name] += [(len(sequences), key + shift, spread_over) for key, spread_over in taught.counts]
         sequences.append(embeds)
         targets.append(labels)
     length = max(s.shape[0] for s in sequences)
@@ -603,7 +619,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
             hook.remove()
     row_weights = {KEY_LAYER: torch.where(torch.tensor(where_rows, dtype=torch.bool), where_attention, 1.0)
                    if where_attention != 1.0 and any(where_rows) else None}  # fmt: skip
-    spread = {KEY_LAYER: torch.tensor(spread_rows, dtype=torch.bool) if any(spread_rows) else None}
+    spread = {KEY_LAYER: torch.tensor(spread_rows, dtype=torch.bool) if any(spread_rows) else None,
+              count_name: torch.ones(len(supervised[count_name]), dtype=torch.bool)}
     attention = {layer: attention_mass_loss(probe.log_probs[layer], [t for *_, t in rows], row_weights.get(layer),
                                             spread.get(layer))
                  for layer, rows in supervised.items() if rows}  # fmt: skip
@@ -758,7 +775,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           where_start: int = 0, sincos_position: bool = True, cell_target: bool = False,
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
-          count_spread: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          count_spread: bool = False, count_head: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -781,7 +798,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     term weighs its rare centres as much as the rest (`centre_loss`). `count_mark`: which patch of an object is the
     one mark that the tower, the point tokens and counting's key word are taught ("centre" or "first"; `count_marks`).
     `count_spread`: stages 2 and 3 teach counting's key word an even spread over <s> and its n marks' tokens, 1/(n+1)
-    each, instead of its mass on the marks (`ExampleMaker`, `attention_mass_loss`).
+    each, instead of its mass on the marks (`ExampleMaker`, `attention_mass_loss`). `count_head`: the same even spread
+    taught to a head of its own, layer KEY_LAYER's head COUNT_HEAD, while head 0 keeps its mass on the marks.
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -803,7 +821,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target,
                            balanced_centres=balanced_centres)  # fmt: skip
     make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view,
-                        count_mark=count_mark, count_spread=count_spread)  # fmt: skip
+                        count_mark=count_mark, count_spread=count_spread, count_head=count_head)  # fmt: skip
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
     if resume_from is not None:
@@ -865,7 +883,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         rng = random.Random(seed + 3)
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns,
                              colour_link=colour_link, count_view=count_view, count_mark=count_mark,
-                             count_spread=count_spread)
+                             count_spread=count_spread, count_head=count_head)
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
@@ -876,7 +894,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -923,14 +941,16 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         optimizer.step()
         schedule.step()
         history.append((answer_loss.item(), patch_loss.item(), key_loss.item(), attention_loss.item(),
-                        masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan), where_loss.item()))  # fmt: skip
+                        masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan), where_loss.item(),
+                        masses.get((KEY_LAYER, COUNT_HEAD), np.nan)))  # fmt: skip
         link_masses.append(masses.get(COLOUR_LINK_LAYER, np.nan))  # nan: no link in the batch (or links off)
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
             recent = _mean_over_steps(history[-log_every:])
             print(f"{tag} {step + 1}/{steps}  answer loss {recent[0]:.4f}  key-word loss {recent[2]:.4f}  patch loss {recent[1]:.4f}  "
                   f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f}"
-                  + (f", colour link {_mean_over_steps(link_masses[-log_every:]):.2f}" if make.colour_link else "") + ")  "
+                  + (f", colour link {_mean_over_steps(link_masses[-log_every:]):.2f}" if make.colour_link else "")
+                  + (f", count head {recent[7]:.2f}" if make.count_head else "") + ")  "
                   + (f"where read-out loss {recent[6]:.4f}  " if where_head is not None else "") +
                   f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s  "
                   f"train acc {_accuracy_line(scores[-log_every:])}", flush=True)  # fmt: skip
@@ -999,6 +1019,9 @@ def main(argv=None) -> None:
     parser.add_argument("--count-spread", action="store_true",
                         help="stages 2-3: counting's key word is taught 1/(n+1) of its attention on <s> and on each of "
                              "its n marks' tokens (an output that says n), not its mass on the marks")
+    parser.add_argument("--count-head", action="store_true",
+                        help="stages 2-3: the same even spread over <s> and the marks, taught to a head of its own "
+                             "(layer 1, head 1); head 0 keeps its mass on the marks")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1007,7 +1030,7 @@ def main(argv=None) -> None:
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
           colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
           count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
-          count_spread=args.count_spread)
+          count_spread=args.count_spread, count_head=args.count_head)
 
 
 if __name__ == "__main__":
