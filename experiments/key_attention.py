@@ -7,14 +7,16 @@ import torch
 from tokenpacker.synthetic import train as T
 
 
-def key_word_attention(model, example) -> tuple[list, torch.Tensor]:
+def key_word_attention(model, example, count_head: bool = False) -> tuple[list, torch.Tensor]:
     """Teacher-forced `batch_loss` on one `ExampleMaker` example -> (its per-answer scores, head 0's attention
     (keys, T) in layer KEY_LAYER at its key words, one row per key word in order). The rows are what
-    `attention_mass_loss` is given for that layer (the first layer it is called for), exponentiated."""
+    `attention_mass_loss` is given for that layer (the first layer it is called for), exponentiated.
+    `count_head`: instead, head COUNT_HEAD's rows at the example's `counts` (an example made with
+    `ExampleMaker(count_head=True)`, without `count_spread`, that has some: the one call taught a spread)."""
     recorded, original = [], T.attention_mass_loss
 
     def recording(log_probs, targets, weights=None, spread=None):
-        recorded.append(log_probs.detach().exp())
+        recorded.append((log_probs.detach().exp(), spread))
         return original(log_probs, targets, weights, spread)
 
     T.attention_mass_loss = recording
@@ -23,4 +25,9 @@ def key_word_attention(model, example) -> tuple[list, torch.Tensor]:
             *_, scores = T.batch_loss(model, None, [example])
     finally:
         T.attention_mass_loss = original
-    return scores, recorded[0]
+    if not count_head:
+        return scores, recorded[0][0]
+    spread_calls = [rows for rows, spread in recorded if spread is not None]
+    if not example[2].counts or len(spread_calls) != 1:
+        raise ValueError("give an example of ExampleMaker(count_head=True), without count_spread, with a counting question")
+    return scores, spread_calls[0]

@@ -264,14 +264,14 @@ TINY_POLISH = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
 
 
 @pytest.mark.parametrize("options", [{}, dict(where_weight=0.0, sincos_position=False, count_mark="centre"),
-                                     dict(cell_target=True, colour_link=True, balanced_centres=True)],
-                         ids=["default", "run-q-recipe", "cell-colour-link-and-balanced-centres"])  # fmt: skip
+                                     dict(cell_target=True, colour_link=True, balanced_centres=True, count_head=True)],
+                         ids=["default", "run-q-recipe", "cell-colour-link-balanced-centres-count-head"])  # fmt: skip
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
     taken from a checkpoint that stopped before stage 3 (`resume_from`); by default (run AB's recipe: the `where`
     read-out, the sine-cosine position start, first-patch count marks), by run Q's recipe (none of the three),
-    and with the cell target, the colour link (run W's) and the balanced centre terms besides."""
+    and with the cell target, the colour link (run W's), the balanced centre terms and the count head besides."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
@@ -298,6 +298,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["sincos_position"] == options.get("sincos_position", True)
     assert summary["count_mark"] == options.get("count_mark", "first")
     assert summary["cell_target"] == options.get("cell_target", False)
+    assert summary["count_head"] == options.get("count_head", False)
     assert summary["colour_link"] == options.get("colour_link", False)
     assert summary["balanced_centres"] == options.get("balanced_centres", False)
     assert summary["mllm_dtype"] == "bfloat16"
@@ -372,8 +373,9 @@ def test_probe_reads_colour_and_shape_from_the_default_models_features(default_m
 
 
 def test_attention_probe_reads_the_models_own_attention():
-    """The attention supervision's probe (head 0 at chosen queries, recomputed in the training SDPA) equals the
-    attention the model really computes (eager, output_attentions), and the loss is -log of the mass on target."""
+    """The attention supervision's probe (head 0 at chosen queries, recomputed in the training SDPA; another head
+    where the query set is named (layer, head)) equals the attention the model really computes (eager,
+    output_attentions), and the loss is -log of the mass on target."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from tokenpacker.synthetic.train import TRAINING_ATTENTION, AttentionProbe, attention_mass_loss
@@ -390,12 +392,15 @@ def test_attention_probe_reads_the_models_own_attention():
         attentions = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions  # (B, H, T, T) per layer
     model.set_attn_implementation(TRAINING_ATTENTION)
     rows, positions = torch.tensor([0, 1, 1]), torch.tensor([11, 8, 3])
-    probe = AttentionProbe({1: (rows, positions)})
+    probe = AttentionProbe({1: (rows, positions), (1, 2): (rows[1:], positions[1:]), (2, 3): (rows[:1], positions[:1])})
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask, attention_probe=probe)
     expected = attentions[1][rows, 0, positions]  # (Q, T): layer 1, head 0
     torch.testing.assert_close(probe.log_probs[1].exp(), expected, atol=1e-5, rtol=1e-4)
-    assert set(probe.log_probs) == {1}
+    torch.testing.assert_close(probe.log_probs[1, 2].exp(), attentions[1][rows[1:], 2, positions[1:]], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(probe.log_probs[2, 3].exp(), attentions[2][rows[:1], 3, positions[:1]], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(probe.log_probs[1, 2].exp(), expected[1:], atol=1e-3)  # another head's attention
+    assert set(probe.log_probs) == {1, (1, 2), (2, 3)}
 
     loss, mass = attention_mass_loss(probe.log_probs[1], [np.array([0, 2]), np.array([5]), np.array([0])])
     on_target = torch.stack([expected[0, [0, 2]].sum(), expected[1, 5], expected[2, 0]])
@@ -455,6 +460,46 @@ def test_count_spread_adds_bos_to_counting_targets_only(task_tokenizer, monkeypa
     keys = [(e[2].spread, position) for e in examples[:4] for position, _, _ in e[2].keys]
     assert rows.tolist() == [position in spread for spread, position in keys] and rows.any()
     assert calls[1][3] is None  # ANSWER_LAYER: masses only
+
+
+def test_count_head_teaches_its_own_head_an_even_spread_over_bos_and_the_marks(task_tokenizer, monkeypatch):
+    """`count_head`: the same conversations and key-word targets (head 0 keeps its mass on the marks); each counting
+    key word is also listed in `counts` with <s> and its marks, and batch_loss teaches exactly those rows, in layer
+    KEY_LAYER's head COUNT_HEAD, the even spread, reporting that head's mass under (KEY_LAYER, COUNT_HEAD)."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic import train as T
+
+    config = default_config(task_tokenizer)
+    plain_maker = ExampleMaker(task_tokenizer, config, max_turns=8, count_mark="first")
+    head_maker = ExampleMaker(task_tokenizer, config, max_turns=8, count_mark="first", count_head=True)
+    examples, counted = [], 0
+    for seed in range(12):
+        plain, taught = plain_maker(random.Random(seed), T.WARMUP_SPLIT), head_maker(random.Random(seed), T.WARMUP_SPLIT)
+        assert plain[1] == taught[1] and torch.equal(plain[3], taught[3]) and not plain[2].counts
+        assert (plain[2].spans, plain[2].rows, plain[2].places, plain[2].spread) == (
+            taught[2].spans, taught[2].rows, taught[2].places, taught[2].spread)  # fmt: skip
+        assert len(plain[2].keys) == len(taught[2].keys) and all(
+            (a[0], a[1]) == (b[0], b[1]) and np.array_equal(a[2], b[2]) for a, b in zip(plain[2].keys, taught[2].keys))
+        expected = [(position, [0] + ([] if objects.tolist() == [0] else objects.tolist()))
+                    for (_, _, kind), (position, _, objects) in zip(plain[2].spans, plain[2].keys)
+                    if kind in ("count", "count_shape")]  # fmt: skip
+        assert [(position, targets.tolist()) for position, targets in taught[2].counts] == expected
+        counted += len(expected)
+        examples.append(taught)
+    assert counted >= 3 and any(len(targets) > 2 for e in examples for _, targets in e[2].counts)
+    torch.manual_seed(0)
+    model = TokenPackerForCausalLM(config).eval()
+    model.set_attn_implementation(T.TRAINING_ATTENTION)
+    calls, original = [], T.attention_mass_loss
+    monkeypatch.setattr(T, "attention_mass_loss", lambda *args: calls.append(args) or original(*args))
+    with torch.no_grad():
+        *_, masses, _ = T.batch_loss(model, None, examples[:4])
+    assert calls[0][3] is None  # KEY_LAYER's head 0: a mass on every row, as without the count head
+    assert sum(len(call) == 4 and call[3] is not None for call in calls) == 1
+    log_probs, targets, _, spread = next(call for call in calls if len(call) == 4 and call[3] is not None)  # the count head's
+    counts = [(position, t) for e in examples[:4] for position, t in e[2].counts]
+    assert len(log_probs) == len(counts) and spread.all() and [t.tolist() for t in targets] == [t.tolist() for _, t in counts]
+    assert (T.KEY_LAYER, T.COUNT_HEAD) in masses and 0 < masses[T.KEY_LAYER, T.COUNT_HEAD] < 1
 
 
 def test_a_padded_training_batch_gives_each_conversation_what_it_gets_alone(task_tokenizer):
