@@ -500,6 +500,47 @@ def test_count_head_teaches_its_own_head_an_even_spread_over_bos_and_the_marks(t
     counts = [(position, t) for e in examples[:4] for position, t in e[2].counts]
     assert len(log_probs) == len(counts) and spread.all() and [t.tolist() for t in targets] == [t.tolist() for _, t in counts]
     assert (T.KEY_LAYER, T.COUNT_HEAD) in masses and 0 < masses[T.KEY_LAYER, T.COUNT_HEAD] < 1
+    calls.clear()
+    with torch.no_grad():
+        *_, masses_0, _ = T.batch_loss(model, None, examples[:4], count_layer=0)  # the count head in layer 0 instead
+    layer_0 = next(call for call in calls if len(call) == 4 and call[3] is not None)[0]
+    assert (0, T.COUNT_HEAD) in masses_0 and (T.KEY_LAYER, T.COUNT_HEAD) not in masses_0
+    assert layer_0.shape == log_probs.shape and not torch.allclose(layer_0, log_probs)
+
+
+def test_the_mark_regression_reads_unit_rms_tokens_and_starts_at_each_marks_own_error():
+    """`TokenHead(mark_values=True)`: a 'mark value' term, the squared error of a per-shape mark read-out, mean over
+    the mark tokens plus mean over the rest; read from the tokens at unit RMS (a token's scale does not change it);
+    its read-out starts at 0, so the term starts at exactly 1; the other read-outs start as without it."""
+    from tokenpacker.synthetic.train import TokenHead, token_labels
+
+    labels = torch.zeros(1, 4, 24, 24, dtype=torch.long)
+    labels[0, 0, 2:6, 2:6], labels[0, 1, 2:6, 2:6], labels[0, 2, 2, 2] = 3, 2, 1  # a square, its mark at patch (2, 2)
+    labels[0, 0, 10:12, 14:18], labels[0, 1, 10:12, 14:18], labels[0, 2, 10, 15] = 1, 1, 1  # a circle
+    labels[0, 3] = -1
+    torch.manual_seed(0)
+    plain = TokenHead(16, 2)
+    torch.manual_seed(0)
+    head = TokenHead(16, 2, mark_values=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), head.state_dict().values()))
+    assert "mark value" not in plain.losses(torch.randn(1, 144, 16), labels)
+    tokens = torch.randn(1, 144, 16)
+    assert head.losses(tokens, labels)["mark value"].item() == pytest.approx(1.0)
+    with torch.no_grad():
+        head.mark_values.weight.normal_()
+    first = head.losses(tokens, labels)["mark value"]
+    assert first.item() != pytest.approx(1.0)
+    torch.testing.assert_close(head.losses(tokens * 3.0, labels)["mark value"], first, rtol=1e-4, atol=0)  # up to eps
+    # the target, by hand: the two mark tokens, (1, 1) a square's and (5, 7) a circle's, in their shapes' columns
+    x = tokens.flatten(0, 1)
+    predicted = head.mark_values(x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    marks = torch.zeros(144, dtype=torch.bool)
+    marks[[1 * 12 + 1, 5 * 12 + 7]] = True
+    assert torch.equal(token_labels(labels, 2)[0, 2].flatten() == 1, marks)
+    target = torch.zeros(144, 3)
+    target[1 * 12 + 1, 1], target[5 * 12 + 7, 0] = 1.0, 1.0
+    error = (predicted - target).pow(2).sum(-1)
+    assert first.item() == pytest.approx((error[marks].mean() + error[~marks].mean()).item(), rel=1e-5)
 
 
 def test_a_padded_training_batch_gives_each_conversation_what_it_gets_alone(task_tokenizer):

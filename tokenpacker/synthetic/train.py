@@ -406,9 +406,13 @@ def token_labels(labels: torch.Tensor, scale: int) -> torch.Tensor:
 class TokenHead(torch.nn.Module):
     """Training-only linear probe on the projector's point tokens (stages 1b and 2): what lies in each token's
     s x s region (colour, shape, object centre; 0 = background) and, with `cells`, the object tokens' 3 x 3 cell
-    of the image (see `token_labels`). Linear, so the LLM's attention can match on it."""
+    of the image (see `token_labels`). Linear, so the LLM's attention can match on it. With `mark_values`, also a
+    regression of each token's mark of each shape (1 on an object's count mark token, in its shape's column; 0
+    elsewhere) from the token scaled to unit RMS, as the LLM's first RMSNorm sees it: a direction in which every
+    mark reads the same, whatever its object's colour or size, so that a head keyed on it can share evenly."""
 
-    def __init__(self, width: int, scale: int, cells: bool = False, balanced_centres: bool = False):
+    def __init__(self, width: int, scale: int, cells: bool = False, balanced_centres: bool = False,
+                 mark_values: bool = False):  # fmt: skip
         super().__init__()
         self.scale = scale
         self.balanced_centres = balanced_centres  # see `centre_loss`
@@ -416,6 +420,10 @@ class TokenHead(torch.nn.Module):
         self.shapes = torch.nn.Linear(width, 1 + len(SHAPES))
         self.centres = torch.nn.Linear(width, 2)
         self.cells = torch.nn.Linear(width, 9) if cells else None  # created last: without it, the same initialisation
+        self.mark_values = torch.nn.Linear(width, len(SHAPES)) if mark_values else None  # likewise
+        if self.mark_values is not None:  # from 0: the term starts at 1 (each mark's own error), not at the
+            torch.nn.init.zeros_(self.mark_values.weight)  # random read-out's ~6, which would crowd the rest out
+            torch.nn.init.zeros_(self.mark_values.bias)
 
     def flat_labels(self, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(V, 4, R, R) patch labels -> the point tokens' colour, shape, centre and cell labels, each (V*G*G,), in
@@ -439,7 +447,20 @@ class TokenHead(torch.nn.Module):
         if self.cells is not None:
             placed = objects & (cells >= 0)
             losses["cell"] = F.cross_entropy(self.cells(x[placed]).float(), cells[placed]) if placed.any() else none
+        if self.mark_values is not None:
+            losses["mark value"] = self.mark_value_loss(x, shapes, centres)
         return losses
+
+    def mark_value_loss(self, x: torch.Tensor, shapes: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """Squared error of the mark regression on (N, H) tokens, the mean over the mark tokens plus the mean over
+        the rest (marks are a few tokens in a hundred: unweighted, the error at them would barely count)."""
+        x = x.float()
+        unit = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)  # (N, H) at unit RMS
+        marked = centres == 1
+        target = F.one_hot(shapes, 1 + len(SHAPES))[:, 1:].float() * marked[:, None]  # (N, shapes)
+        error = (self.mark_values(unit).float() - target).pow(2).sum(-1)  # (N,)
+        none = error.sum() * 0
+        return (error[marked].mean() if marked.any() else none) + (error[~marked].mean() if (~marked).any() else none)
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor, color_only: bool = False) -> torch.Tensor:
         """The sum of `losses`; `color_only`: the colour term alone (the recipe's stage 1b starts with it: learnt beside
@@ -483,7 +504,8 @@ class WhereHead(torch.nn.Module):
 TRAINING_ATTENTION = "tokenpacker_training_sdpa"
 KEY_LAYER, ANSWER_LAYER = 1, 2  # where head 0 is taught to find the key word's objects / the answer its key word
 COLOUR_LINK_LAYER = 0  # with `colour_link`: where head 0 is taught to bring a `where`/`exists` key word its colour word
-COUNT_HEAD = 1  # with `count_head`: layer KEY_LAYER's head taught counting's even spread over <s> and the marks
+COUNT_HEAD = 1  # with `count_head`: the head (of layer KEY_LAYER unless told) taught counting's even spread over <s>
+#                and the marks
 
 
 class AttentionProbe:
@@ -554,14 +576,14 @@ def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray], weig
 
 
 def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples, where_head: WhereHead | None = None,
-               where_attention: float = 1.0):  # fmt: skip
+               where_attention: float = 1.0, count_layer: int = KEY_LAYER):  # fmt: skip
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts; the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
     layer KEY_LAYER, the `where` key words' rows weighted `where_attention`; answer -> key word in ANSWER_LAYER;
     key word -> colour word in COLOUR_LINK_LAYER for the examples' links; head 0; and, for the examples' `counts`,
-    counting's key word -> an even spread over <s> and its marks in layer KEY_LAYER's head COUNT_HEAD) with the mean
-    mass on target per layer (the count head's under (KEY_LAYER, COUNT_HEAD)) and, under "where", the `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
+    counting's key word -> an even spread over <s> and its marks in layer `count_layer`'s head COUNT_HEAD) with the
+    mean mass on target per layer (the count head's under (count_layer, COUNT_HEAD)) and, under "where", the `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
     the `where` read-out of the key words' states after KEY_LAYER (`where_head`; 0 without one or without
     `where` questions); and, per answer, (question type, whether every answer token was the argmax)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
@@ -572,7 +594,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, places, where_rows, spread_rows, offset = [], [], [], [], [], [], [], 0
-    count_name = (KEY_LAYER, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
+    count_name = (count_layer, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
     supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: [], count_name: []}  # layer (head 0) or
     #                                           (layer, head) -> [(row, query position, target positions)]
     for prepared, ids, taught, _ in examples:
@@ -775,7 +797,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           where_start: int = 0, sincos_position: bool = True, cell_target: bool = False,
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
-          count_spread: bool = False, count_head: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          count_spread: bool = False, count_head: bool = False, count_layer: int = KEY_LAYER,
+          mark_values: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -799,7 +822,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     one mark that the tower, the point tokens and counting's key word are taught ("centre" or "first"; `count_marks`).
     `count_spread`: stages 2 and 3 teach counting's key word an even spread over <s> and its n marks' tokens, 1/(n+1)
     each, instead of its mass on the marks (`ExampleMaker`, `attention_mass_loss`). `count_head`: the same even spread
-    taught to a head of its own, layer KEY_LAYER's head COUNT_HEAD, while head 0 keeps its mass on the marks.
+    taught to a head of its own, layer `count_layer`'s head COUNT_HEAD, while head 0 keeps its mass on the marks.
+    `mark_values`: stages 1b and 2's dense probe also regresses each point token's per-shape mark (`TokenHead`).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -819,7 +843,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers), cells=cell_target,
                      balanced_centres=balanced_centres)  # fmt: skip
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target,
-                           balanced_centres=balanced_centres)  # fmt: skip
+                           balanced_centres=balanced_centres, mark_values=mark_values)  # fmt: skip
     make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view,
                         count_mark=count_mark, count_spread=count_spread, count_head=count_head)  # fmt: skip
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
@@ -868,7 +892,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
             return WARMUP_SPLIT if step < warmup_steps else full_range(rng)
 
         weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight,
-                       where_attention=where_attention)
+                       where_attention=where_attention, count_layer=count_layer)
         where_head = WhereHead(config.text_config.hidden_size) if where_weight else None
         times["seconds_stage2"], history, scores = train_mllm(
             model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
@@ -884,7 +908,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns,
                              colour_link=colour_link, count_view=count_view, count_mark=count_mark,
                              count_spread=count_spread, count_head=count_head)
-        weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention)
+        weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention,
+                       count_layer=count_layer)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
             log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10,
@@ -894,7 +919,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -931,7 +956,8 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         examples = [make(rng, split) for _ in range(batch_size)]
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):  # disabled: float32
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
-                model, token_head, examples, where_head, weights.get("where_attention", 1.0))
+                model, token_head, examples, where_head, weights.get("where_attention", 1.0),
+                weights.get("count_layer", KEY_LAYER))
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
         if step >= where_start:  # before it the WhereHead gets no gradient (AdamW skips it) and the LLM none from it
             loss = loss + weights["where"] * where_loss
@@ -942,7 +968,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         schedule.step()
         history.append((answer_loss.item(), patch_loss.item(), key_loss.item(), attention_loss.item(),
                         masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan), where_loss.item(),
-                        masses.get((KEY_LAYER, COUNT_HEAD), np.nan)))  # fmt: skip
+                        masses.get((weights.get("count_layer", KEY_LAYER), COUNT_HEAD), np.nan)))  # fmt: skip
         link_masses.append(masses.get(COLOUR_LINK_LAYER, np.nan))  # nan: no link in the batch (or links off)
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
@@ -1021,7 +1047,11 @@ def main(argv=None) -> None:
                              "its n marks' tokens (an output that says n), not its mass on the marks")
     parser.add_argument("--count-head", action="store_true",
                         help="stages 2-3: the same even spread over <s> and the marks, taught to a head of its own "
-                             "(layer 1, head 1); head 0 keeps its mass on the marks")
+                             "(layer --count-layer, head 1); head 0 keeps its mass on the marks")
+    parser.add_argument("--count-layer", type=int, default=KEY_LAYER, help="the count head's layer")
+    parser.add_argument("--mark-values", action="store_true",
+                        help="stages 1b-2: the dense probe also regresses each point token's mark of each shape from "
+                             "the token at unit RMS, so that every mark reads the same in one direction")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1030,7 +1060,8 @@ def main(argv=None) -> None:
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
           colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
           count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
-          count_spread=args.count_spread, count_head=args.count_head)
+          count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
+          mark_values=args.mark_values)
 
 
 if __name__ == "__main__":
