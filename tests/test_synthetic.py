@@ -523,6 +523,7 @@ def test_the_mark_regression_reads_unit_rms_tokens_and_starts_at_each_marks_own_
     torch.manual_seed(0)
     head = TokenHead(16, 2, mark_values=True)
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), head.state_dict().values()))
+    assert torch.equal(torch.rand(3), (torch.manual_seed(0), TokenHead(16, 2), torch.rand(3))[-1])  # no draws
     assert "mark value" not in plain.losses(torch.randn(1, 144, 16), labels)
     tokens = torch.randn(1, 144, 16)
     assert head.losses(tokens, labels)["mark value"].item() == pytest.approx(1.0)

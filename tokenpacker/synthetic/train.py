@@ -420,9 +420,11 @@ class TokenHead(torch.nn.Module):
         self.shapes = torch.nn.Linear(width, 1 + len(SHAPES))
         self.centres = torch.nn.Linear(width, 2)
         self.cells = torch.nn.Linear(width, 9) if cells else None  # created last: without it, the same initialisation
-        self.mark_values = torch.nn.Linear(width, len(SHAPES)) if mark_values else None  # likewise
-        if self.mark_values is not None:  # from 0: the term starts at 1 (each mark's own error), not at the
-            torch.nn.init.zeros_(self.mark_values.weight)  # random read-out's ~6, which would crowd the rest out
+        self.mark_values = None
+        if mark_values:  # from 0 (the term starts at 1, each mark's own error, not at a random read-out's ~6, which
+            with torch.random.fork_rng(devices=[]):  # would crowd the rest out), drawing no random numbers
+                self.mark_values = torch.nn.Linear(width, len(SHAPES))
+            torch.nn.init.zeros_(self.mark_values.weight)
             torch.nn.init.zeros_(self.mark_values.bias)
 
     def flat_labels(self, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
