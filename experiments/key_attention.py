@@ -7,12 +7,14 @@ import torch
 from tokenpacker.synthetic import train as T
 
 
-def key_word_attention(model, example, count_head: bool = False) -> tuple[list, torch.Tensor]:
+def key_word_attention(model, example, count_head: bool = False, count_layer: int = T.KEY_LAYER
+                       ) -> tuple[list, torch.Tensor]:  # fmt: skip
     """Teacher-forced `batch_loss` on one `ExampleMaker` example -> (its per-answer scores, head 0's attention
     (keys, T) in layer KEY_LAYER at its key words, one row per key word in order). The rows are what
     `attention_mass_loss` is given for that layer (the first layer it is called for), exponentiated.
     `count_head`: instead, head COUNT_HEAD's rows at the example's `counts` (an example made with
-    `ExampleMaker(count_head=True)`, without `count_spread`, that has some: the one call taught a spread)."""
+    `ExampleMaker(count_head=True)`, without `count_spread`, that has some: the one call taught a spread), the
+    head being in layer `count_layer` (the checkpoint's `count_layer` in its training.json)."""
     recorded, original = [], T.attention_mass_loss
 
     def recording(log_probs, targets, weights=None, spread=None):
@@ -22,7 +24,7 @@ def key_word_attention(model, example, count_head: bool = False) -> tuple[list, 
     T.attention_mass_loss = recording
     try:
         with torch.no_grad():
-            *_, scores = T.batch_loss(model, None, [example])
+            *_, scores = T.batch_loss(model, None, [example], count_layer=count_layer)
     finally:
         T.attention_mass_loss = original
     if not count_head:

@@ -8,7 +8,7 @@ a token), head 0's mean mass on <s>, on all the mark tokens together, and on the
 mean over questions of (least / most mass on one mark token). Taught with `--count-spread`, <s> and each mark should
 get 1/(n+1): for n = 1..5, <s> 0.50, 0.33, 0.25, 0.20, 0.17, marks 1 - that, evenness 1. The marks are the
 checkpoint's own (`count_mark` in its training.json), in the tiles (or the only view). `--count-head`: the same for
-head COUNT_HEAD of layer KEY_LAYER (`--count-head` training, ../count-head/), taught that even spread."""
+head COUNT_HEAD of the checkpoint's `count_layer` (`--count-head` training, ../count-head/), taught that even spread."""
 
 import json
 import random
@@ -32,6 +32,7 @@ recipe = json.loads((Path(arguments[0]) / "training.json").read_text())
 model, tokenizer = pipeline.model.eval(), pipeline.tokenizer
 model.set_attn_implementation(T.TRAINING_ATTENTION)
 mark = recipe.get("count_mark", "centre")
+count_layer = recipe.get("count_layer", T.KEY_LAYER)  # the count head's layer (run AC: KEY_LAYER, run AD: 0)
 make = T.ExampleMaker(tokenizer, pipeline.config, count_mark=mark, count_spread=not use_count_head,
                       count_head=use_count_head)  # targets: <s>, then the marks
 rng = random.Random(2468)
@@ -40,7 +41,7 @@ for _ in range(count):
     prepared, ids, taught, labels = example = make(rng, SPLITS["standard"])
     if not any(kind in ("count", "count_shape") for *_, kind in taught.spans):
         continue
-    scores, attention = key_word_attention(model, example, use_count_head)  # attention: (keys or counts, T)
+    scores, attention = key_word_attention(model, example, use_count_head, count_layer)  # (keys or counts, T)
     counting = [(span, score) for span, score in zip(taught.spans, scores) if span[2] in ("count", "count_shape")]
     if use_count_head:  # one row per counting key word, its targets <s> and the marks
         rows_and_targets = [(row, targets) for row, (_, targets) in zip(attention, taught.counts)]
@@ -55,7 +56,7 @@ for _ in range(count):
                               1 - row[0].item() - marks.sum().item(), evenness))  # fmt: skip
 print(f"# {arguments[0]} (count_mark {mark}, count_spread {recipe.get('count_spread', False)}, count_head "
       f"{recipe.get('count_head', False)}), {count} conversations; head {T.COUNT_HEAD if use_count_head else 0} of "
-      f"layer {T.KEY_LAYER} at counting's key word")  # fmt: skip
+      f"layer {count_layer if use_count_head else T.KEY_LAYER} at counting's key word")  # fmt: skip
 print(f"{'question':<12} {'n':>2} {'asked':>5} {'acc':>5} {'marks':>6} {'<s>':>6} {'on marks':>8} {'rest':>6} {'evenness':>8}")
 for kind, n in sorted(rows):
     r = np.array(rows[kind, n], dtype=float)
