@@ -140,7 +140,8 @@ def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
     maker = ExampleMaker(tokenizer, default_config(tokenizer))
     rng = random.Random(TRAIN_SEED)
     for _ in range(3):
-        prepared, ids, (spans, keys, rows, places, links, spread), _ = maker(rng, SPLITS["standard"])
+        prepared, ids, (spans, keys, rows, places, links, spread, counts), _ = maker(rng, SPLITS["standard"])
+        assert counts == () and spread == ()  # without count_spread / count_head
         assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans) == len(rows)
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, maker.point_grid,
                               start=ids.index(-200))  # fmt: skip
@@ -425,18 +426,38 @@ def test_a_spread_row_is_taught_an_even_share_on_each_target():
     assert even.item() == pytest.approx(math.log(4), rel=1e-6)  # the least a 4-way spread can cost
 
 
-def test_count_spread_adds_bos_to_counting_targets_only(task_tokenizer, monkeypatch):
-    """`count_spread`: the same conversations, with <s> (position 0) added to each counting key word's target and
-    those key words listed in `spread`; batch_loss then teaches those rows the spread and no other row."""
+def same_scenes_two_ways(tokenizer, config, **options):
+    """Twelve warm-up conversations (seeds 0-11) made by a plain ExampleMaker and by one with `options`: pairs."""
+    from tokenpacker.synthetic.train import WARMUP_SPLIT
+
+    plain = ExampleMaker(tokenizer, config, max_turns=8, count_mark="first")
+    other = ExampleMaker(tokenizer, config, max_turns=8, count_mark="first", **options)
+    return [(plain(random.Random(seed), WARMUP_SPLIT), other(random.Random(seed), WARMUP_SPLIT)) for seed in range(12)]
+
+
+def attention_loss_calls(config, examples, monkeypatch, **options):
+    """batch_loss of a seeded, untrained model on `examples` -> (the arguments of each attention_mass_loss call, its
+    outputs)."""
     from tokenpacker.modeling import TokenPackerForCausalLM
     from tokenpacker.synthetic import train as T
 
+    torch.manual_seed(0)
+    model = TokenPackerForCausalLM(config).eval()
+    model.set_attn_implementation(T.TRAINING_ATTENTION)
+    calls, original = [], T.attention_mass_loss
+    monkeypatch.setattr(T, "attention_mass_loss", lambda *args: calls.append(args) or original(*args))
+    with torch.no_grad():
+        outputs = T.batch_loss(model, None, examples, **options)
+    monkeypatch.setattr(T, "attention_mass_loss", original)
+    return calls, outputs
+
+
+def test_count_spread_adds_bos_to_counting_targets_only(task_tokenizer, monkeypatch):
+    """`count_spread`: the same conversations, with <s> (position 0) added to each counting key word's target and
+    those key words listed in `spread`; batch_loss then teaches those rows the spread and no other row."""
     config = default_config(task_tokenizer)
-    plain_maker = ExampleMaker(task_tokenizer, config, max_turns=8, count_mark="first")
-    spread_maker = ExampleMaker(task_tokenizer, config, max_turns=8, count_mark="first", count_spread=True)
     examples, counted = [], 0
-    for seed in range(12):
-        plain, spread = plain_maker(random.Random(seed), T.WARMUP_SPLIT), spread_maker(random.Random(seed), T.WARMUP_SPLIT)
+    for plain, spread in same_scenes_two_ways(task_tokenizer, config, count_spread=True):
         assert plain[1] == spread[1] and plain[2].spans == spread[2].spans and torch.equal(plain[3], spread[3])
         for (start, _, kind), (position, target, objects), (position_, target_, objects_) in zip(
                 plain[2].spans, plain[2].keys, spread[2].keys):  # fmt: skip
@@ -449,13 +470,7 @@ def test_count_spread_adds_bos_to_counting_targets_only(task_tokenizer, monkeypa
         counted += len(spread[2].spread)
         examples.append(spread)
     assert counted >= 3
-    torch.manual_seed(0)
-    model = TokenPackerForCausalLM(config).eval()
-    model.set_attn_implementation(T.TRAINING_ATTENTION)
-    calls, original = [], T.attention_mass_loss
-    monkeypatch.setattr(T, "attention_mass_loss", lambda *args: calls.append(args) or original(*args))
-    with torch.no_grad():
-        T.batch_loss(model, None, examples[:4])
+    calls, _ = attention_loss_calls(config, examples[:4], monkeypatch)
     log_probs, targets, _, rows = calls[0]  # KEY_LAYER's rows
     keys = [(e[2].spread, position) for e in examples[:4] for position, _, _ in e[2].keys]
     assert rows.tolist() == [position in spread for spread, position in keys] and rows.any()
@@ -465,16 +480,13 @@ def test_count_spread_adds_bos_to_counting_targets_only(task_tokenizer, monkeypa
 def test_count_head_teaches_its_own_head_an_even_spread_over_bos_and_the_marks(task_tokenizer, monkeypatch):
     """`count_head`: the same conversations and key-word targets (head 0 keeps its mass on the marks); each counting
     key word is also listed in `counts` with <s> and its marks, and batch_loss teaches exactly those rows, in layer
-    KEY_LAYER's head COUNT_HEAD, the even spread, reporting that head's mass under (KEY_LAYER, COUNT_HEAD)."""
-    from tokenpacker.modeling import TokenPackerForCausalLM
+    KEY_LAYER's head COUNT_HEAD (or of the layer given), the even spread, reporting that head's mass under
+    (KEY_LAYER, COUNT_HEAD)."""
     from tokenpacker.synthetic import train as T
 
     config = default_config(task_tokenizer)
-    plain_maker = ExampleMaker(task_tokenizer, config, max_turns=8, count_mark="first")
-    head_maker = ExampleMaker(task_tokenizer, config, max_turns=8, count_mark="first", count_head=True)
     examples, counted = [], 0
-    for seed in range(12):
-        plain, taught = plain_maker(random.Random(seed), T.WARMUP_SPLIT), head_maker(random.Random(seed), T.WARMUP_SPLIT)
+    for plain, taught in same_scenes_two_ways(task_tokenizer, config, count_head=True):
         assert plain[1] == taught[1] and torch.equal(plain[3], taught[3]) and not plain[2].counts
         assert (plain[2].spans, plain[2].rows, plain[2].places, plain[2].spread) == (
             taught[2].spans, taught[2].rows, taught[2].places, taught[2].spread)  # fmt: skip
@@ -487,22 +499,14 @@ def test_count_head_teaches_its_own_head_an_even_spread_over_bos_and_the_marks(t
         counted += len(expected)
         examples.append(taught)
     assert counted >= 3 and any(len(targets) > 2 for e in examples for _, targets in e[2].counts)
-    torch.manual_seed(0)
-    model = TokenPackerForCausalLM(config).eval()
-    model.set_attn_implementation(T.TRAINING_ATTENTION)
-    calls, original = [], T.attention_mass_loss
-    monkeypatch.setattr(T, "attention_mass_loss", lambda *args: calls.append(args) or original(*args))
-    with torch.no_grad():
-        *_, masses, _ = T.batch_loss(model, None, examples[:4])
+    calls, (*_, masses, _) = attention_loss_calls(config, examples[:4], monkeypatch)
     assert calls[0][3] is None  # KEY_LAYER's head 0: a mass on every row, as without the count head
     assert sum(len(call) == 4 and call[3] is not None for call in calls) == 1
     log_probs, targets, _, spread = next(call for call in calls if len(call) == 4 and call[3] is not None)  # the count head's
     counts = [(position, t) for e in examples[:4] for position, t in e[2].counts]
     assert len(log_probs) == len(counts) and spread.all() and [t.tolist() for t in targets] == [t.tolist() for _, t in counts]
     assert (T.KEY_LAYER, T.COUNT_HEAD) in masses and 0 < masses[T.KEY_LAYER, T.COUNT_HEAD] < 1
-    calls.clear()
-    with torch.no_grad():
-        *_, masses_0, _ = T.batch_loss(model, None, examples[:4], count_layer=0)  # the count head in layer 0 instead
+    calls, (*_, masses_0, _) = attention_loss_calls(config, examples[:4], monkeypatch, count_layer=0)  # in layer 0
     layer_0 = next(call for call in calls if len(call) == 4 and call[3] is not None)[0]
     assert (0, T.COUNT_HEAD) in masses_0 and (T.KEY_LAYER, T.COUNT_HEAD) not in masses_0
     assert layer_0.shape == log_probs.shape and not torch.allclose(layer_0, log_probs)
@@ -601,7 +605,7 @@ def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
     examples, checked = [], 0
     for seed in range(4):
         example, same = linked(random.Random(seed), SPLITS["standard"]), plain(random.Random(seed), SPLITS["standard"])
-        _, ids, (spans, keys, _, _, links, _), _ = example
+        _, ids, (spans, keys, _, _, links, _, _), _ = example
         plain_targets, linked_targets = same[2], example[2]
         assert same[1] == ids and plain_targets.links == [] and linked_targets.links == links
         for field in ("spans", "rows", "places"):  # the flag adds links, nothing else

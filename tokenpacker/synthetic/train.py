@@ -96,7 +96,7 @@ class AnswerTargets(NamedTuple):
     #              last piece's position), which layer COLOUR_LINK_LAYER's head 0 is taught to attend to
     spread: tuple = ()  # with `count_spread`: the counting key words' positions, whose targets (<s> and one mark
     #                     token per object) are taught as an even spread of the attention, not as a mass
-    counts: list = ()  # with `count_head`: per counting key word, (its position, <s> and its n marks' positions),
+    counts: tuple = ()  # with `count_head`: per counting key word, (its position, <s> and its n marks' positions),
     #                    taught to layer KEY_LAYER's head COUNT_HEAD as an even spread, 1/(n+1) each
 
 
@@ -176,7 +176,7 @@ class ExampleMaker:
                 if self.colour_link and kind in ("where", "exists"):  # '... red circle?': 'red' ends just before 'circle'
                     links.append((found[0], found[0] - 1))
             previous_end = end
-        return prepared, ids, AnswerTargets(spans, keys, rows, places, links, tuple(spread), counts), labels
+        return prepared, ids, AnswerTargets(spans, keys, rows, places, links, tuple(spread), tuple(counts)), labels
 
 
 def key_word(kind: str, question: str) -> str:
