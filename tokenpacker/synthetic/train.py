@@ -97,7 +97,7 @@ class AnswerTargets(NamedTuple):
     spread: tuple = ()  # with `count_spread`: the counting key words' positions, whose targets (<s> and one mark
     #                     token per object) are taught as an even spread of the attention, not as a mass
     counts: tuple = ()  # with `count_head`: per counting key word, (its position, <s> and its n marks' positions),
-    #                    taught to layer KEY_LAYER's head COUNT_HEAD as an even spread, 1/(n+1) each
+    #                    taught to head COUNT_HEAD (of `batch_loss`'s count_layer) as an even spread, 1/(n+1) each
 
 
 class ExampleMaker:
@@ -585,7 +585,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     layer KEY_LAYER, the `where` key words' rows weighted `where_attention`; answer -> key word in ANSWER_LAYER;
     key word -> colour word in COLOUR_LINK_LAYER for the examples' links; head 0; and, for the examples' `counts`,
     counting's key word -> an even spread over <s> and its marks in layer `count_layer`'s head COUNT_HEAD) with the
-    mean mass on target per layer (the count head's under (count_layer, COUNT_HEAD)) and, under "where", the `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
+    mean mass on target per layer (the count head's under (count_layer, COUNT_HEAD)) and, under "where", the
+    `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
     the `where` read-out of the key words' states after KEY_LAYER (`where_head`; 0 without one or without
     `where` questions); and, per answer, (question type, whether every answer token was the argmax)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
