@@ -501,13 +501,14 @@ def test_count_head_teaches_its_own_head_an_even_spread_over_bos_and_the_marks(t
     assert counted >= 3 and any(len(targets) > 2 for e in examples for _, targets in e[2].counts)
     calls, (*_, masses, _) = attention_loss_calls(config, examples[:4], monkeypatch)
     assert calls[0][3] is None  # KEY_LAYER's head 0: a mass on every row, as without the count head
-    assert sum(len(call) == 4 and call[3] is not None for call in calls) == 1
-    log_probs, targets, _, spread = next(call for call in calls if len(call) == 4 and call[3] is not None)  # the count head's
+    spread_calls = lambda calls: [call for call in calls if len(call) == 4 and call[3] is not None]
+    assert len(spread_calls(calls)) == 1
+    log_probs, targets, _, spread = spread_calls(calls)[0]  # the count head's
     counts = [(position, t) for e in examples[:4] for position, t in e[2].counts]
     assert len(log_probs) == len(counts) and spread.all() and [t.tolist() for t in targets] == [t.tolist() for _, t in counts]
     assert (T.KEY_LAYER, T.COUNT_HEAD) in masses and 0 < masses[T.KEY_LAYER, T.COUNT_HEAD] < 1
     calls, (*_, masses_0, _) = attention_loss_calls(config, examples[:4], monkeypatch, count_layer=0)  # in layer 0
-    layer_0 = next(call for call in calls if len(call) == 4 and call[3] is not None)[0]
+    layer_0 = spread_calls(calls)[0][0]
     assert (0, T.COUNT_HEAD) in masses_0 and (T.KEY_LAYER, T.COUNT_HEAD) not in masses_0
     assert layer_0.shape == log_probs.shape and not torch.allclose(layer_0, log_probs)
 
