@@ -140,7 +140,7 @@ def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
     maker = ExampleMaker(tokenizer, default_config(tokenizer))
     rng = random.Random(TRAIN_SEED)
     for _ in range(3):
-        prepared, ids, (spans, keys, rows, places, links, spread, counts), _ = maker(rng, SPLITS["standard"])
+        prepared, ids, (spans, keys, rows, places, links, spread, counts, tallies), _ = maker(rng, SPLITS["standard"])
         assert counts == () and spread == ()  # without count_spread / count_head
         assert ids.count(-200) == 1 and len(spans) >= 1 and len(keys) == len(spans) == len(rows)
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, maker.point_grid,
@@ -265,14 +265,16 @@ TINY_POLISH = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
 
 
 @pytest.mark.parametrize("options", [{}, dict(where_weight=0.0, sincos_position=False, count_mark="centre"),
-                                     dict(cell_target=True, colour_link=True, balanced_centres=True, count_head=True)],
-                         ids=["default", "run-q-recipe", "cell-colour-link-balanced-centres-count-head"])  # fmt: skip
+                                     dict(cell_target=True, colour_link=True, balanced_centres=True, count_head=True,
+                                          count_readout=True)],
+                         ids=["default", "run-q-recipe", "cell-colour-link-balanced-centres-count-head-readout"])  # fmt: skip
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
     taken from a checkpoint that stopped before stage 3 (`resume_from`); by default (run AB's recipe: the `where`
     read-out, the sine-cosine position start, first-patch count marks), by run Q's recipe (none of the three),
-    and with the cell target, the colour link (run W's), the balanced centre terms and the count head besides."""
+    and with the cell target, the colour link (run W's), the balanced centre terms, the count head and the count
+    read-out besides."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
@@ -298,6 +300,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["where_weight"] == options.get("where_weight", 1.0)
     assert summary["sincos_position"] == options.get("sincos_position", True)
     assert summary["count_mark"] == options.get("count_mark", "first")
+    assert summary["count_readout"] == options.get("count_readout", False)
     assert summary["cell_target"] == options.get("cell_target", False)
     assert summary["count_head"] == options.get("count_head", False)
     assert summary["colour_link"] == options.get("colour_link", False)
@@ -592,6 +595,67 @@ def test_where_questions_carry_the_place_their_answer_names(task_tokenizer):
             assert kind == "where" and answer == ("center" if (row, column) == (1, 1) else f"{ROWS[row]} {COLUMNS[column]}")
             assert task_tokenizer.id_to_piece(ids[key]) in {"▁" + shape for shape in SHAPES}  # 'circle' of 'Where is the red circle?'
             checked += 1
+
+
+def test_counting_questions_carry_their_answer_at_their_key_word(task_tokenizer):
+    """Each counting question of a training conversation gives (its key word's position, the answer n): what the
+    count read-out (`WhereHead(counts=True)`) reads at the key word."""
+    maker = ExampleMaker(task_tokenizer, default_config(task_tokenizer), max_turns=8)
+    rng, checked = random.Random(6), set()
+    while checked != {"count", "count_shape"}:
+        _, ids, (spans, keys, *_, tallies), _ = maker(rng, SPLITS["standard"])
+        assert len(tallies) == sum(kind in ("count", "count_shape") for _, _, kind in spans)
+        for key, n in tallies:
+            start, end, kind = spans[[position for position, _, _ in keys].index(key)]
+            assert task_tokenizer.decode(ids[start : end - 1]).strip() == str(n)  # the answer without its </s>
+            piece = task_tokenizer.id_to_piece(ids[key])  # 'objects' / the first piece of 'circles' ('▁circle')
+            words = ["▁objects"] if kind == "count" else [f"▁{shape}s" for shape in SHAPES]
+            assert any(word.startswith(piece) and len(piece) >= len(word) - 1 for word in words)
+            checked.add(kind)
+
+
+def test_the_count_read_out_adds_its_cross_entropy_to_the_read_out_term(task_tokenizer):
+    """`WhereHead(counts=True)` adds to `batch_loss`'s read-out term the cross-entropy of each counting answer read
+    from its key word's state after layer KEY_LAYER (recomputed here from that layer's output); its `where` part is
+    a plain WhereHead's (same initial weights: the count layer is made last)."""
+    import torch.nn.functional as F
+
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import KEY_LAYER, MAX_COUNT, TRAINING_ATTENTION, WARMUP_SPLIT, WhereHead, batch_loss
+
+    torch.manual_seed(0)
+    config = default_config(task_tokenizer)
+    model = TokenPackerForCausalLM(config)
+    model.set_attn_implementation(TRAINING_ATTENTION)
+    maker, rng = ExampleMaker(task_tokenizer, config, max_turns=8), random.Random(3)
+    examples = []
+    while not examples:  # a conversation with a `where` and a counting question
+        example = maker(rng, WARMUP_SPLIT)
+        examples = [example] if example[2].places and example[2].tallies else []
+    width = config.text_config.hidden_size
+    torch.manual_seed(1)
+    plain = WhereHead(width)
+    torch.manual_seed(1)
+    counting = WhereHead(width, counts=True)
+    assert counting.counts.out_features == MAX_COUNT + 1 == 6
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), counting.state_dict().values()))
+    where_only = batch_loss(model, None, examples, plain)[4]
+    both = batch_loss(model, None, examples, counting)[4]
+    hidden = {}
+    hook = model.model.layers[KEY_LAYER].register_forward_hook(lambda m, i, o: hidden.update(h=o[0] if isinstance(o, tuple) else o))
+    try:
+        batch_loss(model, None, examples)
+    finally:
+        hook.remove()
+    prepared, _, taught, _ = examples[0]
+    with torch.no_grad():
+        tokens = model.model.mm_projector(*model.model.vision_tower(prepared.pixel_values)).tokens
+        shift = len(model.embed_visual_sequence(tokens, prepared.grid)) - 1  # the placeholder became the visual sequence
+    positions = torch.tensor([key + shift for key, _ in taught.tallies])
+    answers = torch.tensor([n for _, n in taught.tallies])
+    by_hand = F.cross_entropy(counting.counts(hidden["h"][0, positions].float()), answers)
+    assert by_hand.item() > 0 and len(taught.tallies) >= 1
+    torch.testing.assert_close(both, where_only + by_hand, atol=1e-5, rtol=1e-5)
 
 
 def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):

@@ -98,6 +98,7 @@ class AnswerTargets(NamedTuple):
     #                     token per object) are taught as an even spread of the attention, not as a mass
     counts: tuple = ()  # with `count_head`: per counting key word, (its position, <s> and its n marks' positions),
     #                    taught to head COUNT_HEAD (of `batch_loss`'s count_layer) as an even spread, 1/(n+1) each
+    tallies: tuple = ()  # per counting question: (key word's position, the answer n), what a count read-out reads
 
 
 class ExampleMaker:
@@ -145,7 +146,7 @@ class ExampleMaker:
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, self.point_grid,
                               start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
         masks = token_masks(labels, prepared.views, self.point_grid)
-        spans, keys, rows, places, links, spread, counts, previous_end = [], [], [], [], [], [], [], 0
+        spans, keys, rows, places, links, spread, counts, tallies, previous_end = [], [], [], [], [], [], [], [], 0
         for i, (turn, (kind, question, answer)) in enumerate(zip(turns, asked)):  # each answer (and its </s>) extends its prompt's tokens
             start = len(self.tokenizer.encode_with_image(build_prompt(turns[:i] + [Turn(turn.question)])))
             end = len(self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])))
@@ -173,10 +174,12 @@ class ExampleMaker:
                 if kind == "where":
                     row, column = ("middle", "center") if answer == "center" else answer.split()
                     places.append((found[0], ROWS.index(row), COLUMNS.index(column)))
+                if kind in ("count", "count_shape"):
+                    tallies.append((found[0], int(answer)))
                 if self.colour_link and kind in ("where", "exists"):  # '... red circle?': 'red' ends just before 'circle'
                     links.append((found[0], found[0] - 1))
             previous_end = end
-        return prepared, ids, AnswerTargets(spans, keys, rows, places, links, tuple(spread), tuple(counts)), labels
+        return prepared, ids, AnswerTargets(spans, keys, rows, places, links, tuple(spread), tuple(counts), tuple(tallies)), labels
 
 
 def key_word(kind: str, question: str) -> str:
@@ -490,22 +493,30 @@ class WhereHead(torch.nn.Module):
     cells) from its key word's hidden state after layer KEY_LAYER, where head 0 is taught to find the object
     (stage 2). It supervises the retrieval's output, not only where it looks: without it the key word knew its
     object's row at chance after that layer even when every point token carried its own position (0.27-0.34;
-    with it 0.79, experiments/where-oracle)."""
+    with it 0.79, experiments/where-oracle). With `counts`, it also reads a counting question's answer (0 to
+    MAX_COUNT) from its key word's state after the same layer (`count_loss`; experiments/count-readout)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, counts: bool = False):
         super().__init__()
         self.rows = torch.nn.Linear(width, len(ROWS))
         self.columns = torch.nn.Linear(width, len(COLUMNS))
+        self.counts = torch.nn.Linear(width, MAX_COUNT + 1) if counts else None  # made last: rows' and columns'
+        #                                                       initial weights are those of a head without it
 
     def loss(self, hidden: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
         """hidden: (Q, H) the key words' states; rows, columns: (Q,) the answers' indices."""
         hidden = hidden.float()
         return F.cross_entropy(self.rows(hidden), rows) + F.cross_entropy(self.columns(hidden), columns)
 
+    def count_loss(self, hidden: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """hidden: (Q, H) the counting key words' states; counts: (Q,) the answers n."""
+        return F.cross_entropy(self.counts(hidden.float()), counts)
+
 
 TRAINING_ATTENTION = "tokenpacker_training_sdpa"
 KEY_LAYER, ANSWER_LAYER = 1, 2  # where head 0 is taught to find the key word's objects / the answer its key word
 COLOUR_LINK_LAYER = 0  # with `colour_link`: where head 0 is taught to bring a `where`/`exists` key word its colour word
+MAX_COUNT = 5  # the largest answer to a counting question (1-5 objects in a scene)
 COUNT_HEAD = 1  # with `count_head`: the head (of layer KEY_LAYER unless told) taught counting's even spread over <s>
 #                and the marks
 
@@ -587,8 +598,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     counting's key word -> an even spread over <s> and its marks in layer `count_layer`'s head COUNT_HEAD) with the
     mean mass on target per layer (the count head's under (count_layer, COUNT_HEAD)) and, under "where", the
     `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
-    the `where` read-out of the key words' states after KEY_LAYER (`where_head`; 0 without one or without
-    `where` questions); and, per answer, (question type, whether every answer token was the argmax)."""
+    the read-out of the key words' states after KEY_LAYER (`where_head`: the `where` answers', and with its
+    `counts` the counting answers' too; 0 without one or without such questions); and, per answer, (question type, whether every answer token was the argmax)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
     tower = model.model.vision_tower
     with torch.set_grad_enabled(any(p.requires_grad for p in tower.parameters())):
@@ -596,7 +607,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     tokens = model.model.mm_projector(features, multi_level).tokens  # (all views, G*G, H)
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
-    sequences, targets, answers, keys, places, where_rows, spread_rows, offset = [], [], [], [], [], [], [], 0
+    sequences, targets, answers, keys, places, tallies, where_rows, spread_rows, offset = [], [], [], [], [], [], [], [], 0
     count_name = (count_layer, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
     supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: [], count_name: []}  # layer (head 0) or
     #                                           (layer, head) -> [(row, query position, target positions)]
@@ -617,6 +628,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         where_rows += [position in where_keys for position, _, _ in taught.keys]  # per KEY_LAYER row: a `where` key word
         supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in taught.rows]
         places += [(len(sequences), key + shift, row, column) for key, row, column in taught.places]
+        tallies += [(len(sequences), key + shift, n) for key, n in taught.tallies]
         supervised[COLOUR_LINK_LAYER] += [(len(sequences), key + shift, np.array([colour + shift])) for key, colour in taught.links]
         supervised[count_name] += [(len(sequences), key + shift, spread_over) for key, spread_over in taught.counts]
         sequences.append(embeds)
@@ -634,9 +646,10 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     # The `where` read-out takes the key words' states after layer KEY_LAYER from a hook held for this forward
     # only: `output_hidden_states` leaves transformers' output recorders hooked on the layers, and a stage 3
     # resumed from a checkpoint then no longer matched the full run's (its losses differed in the 4th digit)
+    read_counts = where_head is not None and where_head.counts is not None and bool(tallies)
     read_where, after_key_layer = where_head is not None and bool(places), {}
     record = lambda module, inputs, output: after_key_layer.update(hidden=output[0] if isinstance(output, tuple) else output)
-    hook = model.model.layers[KEY_LAYER].register_forward_hook(record) if read_where else None
+    hook = model.model.layers[KEY_LAYER].register_forward_hook(record) if read_where or read_counts else None
     try:
         logits = model(inputs_embeds=padded, attention_probe=probe).logits.float()
     finally:
@@ -665,11 +678,13 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     # so the retrieval is learned without waiting for the answer position to first learn to find the word.
     rows, positions, key_targets = (torch.tensor(column) for column in zip(*keys)) if keys else (None, None, None)
     key_loss = F.cross_entropy(logits[rows, positions], key_targets) if keys else logits.sum() * 0
+    where_loss = logits.sum() * 0
     if read_where:
         rows, positions, where_rows, where_columns = (torch.tensor(column) for column in zip(*places))
-        where_loss = where_head.loss(after_key_layer["hidden"][rows, positions], where_rows, where_columns)
-    else:
-        where_loss = logits.sum() * 0
+        where_loss = where_loss + where_head.loss(after_key_layer["hidden"][rows, positions], where_rows, where_columns)
+    if read_counts:  # the count read-out shares the `where` read-out's term (and so its weight and start)
+        rows, positions, answers_n = (torch.tensor(column) for column in zip(*tallies))
+        where_loss = where_loss + where_head.count_loss(after_key_layer["hidden"][rows, positions], answers_n)
     return answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, scores
 
 
@@ -801,7 +816,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
           count_spread: bool = False, count_head: bool = False, count_layer: int = KEY_LAYER,
-          mark_values: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          mark_values: bool = False, count_readout: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -827,6 +842,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     each, instead of its mass on the marks (`ExampleMaker`, `attention_mass_loss`). `count_head`: the same even spread
     taught to a head of its own, layer `count_layer`'s head COUNT_HEAD, while head 0 keeps its mass on the marks.
     `mark_values`: stages 1b and 2's dense probe also regresses each point token's per-shape mark (`TokenHead`).
+    `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
+    word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -835,6 +852,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     this recipe, whose tower stage 2 leaves as stage 1 made it) can stand in for stage 1, and `resume_from` (a
     checkpoint of stages 1-2, i.e. with `polish_steps=0`) for stages 1-2, and the rest of the run is the same as
     in a full one."""
+    if count_readout and not where_weight:
+        raise ValueError("count_readout needs where_weight > 0: the count read-out shares the `where` read-out's term")
     mllm_dtype = resolve_mllm_dtype(mllm_dtype)
     autocast = torch.bfloat16 if mllm_dtype == "bfloat16" else None
     torch.manual_seed(seed)
@@ -896,7 +915,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
 
         weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight,
                        where_attention=where_attention, count_layer=count_layer)
-        where_head = WhereHead(config.text_config.hidden_size) if where_weight else None
+        where_head = WhereHead(config.text_config.hidden_size, counts=count_readout) if where_weight else None
         times["seconds_stage2"], history, scores = train_mllm(
             model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
             save=lambda: pipeline.save_pretrained(out), save_every=save_every, where_head=where_head,
@@ -922,7 +941,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -980,7 +999,8 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
                   f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f}"
                   + (f", colour link {_mean_over_steps(link_masses[-log_every:]):.2f}" if make.colour_link else "")
                   + (f", count head {recent[7]:.2f}" if make.count_head else "") + ")  "
-                  + (f"where read-out loss {recent[6]:.4f}  " if where_head is not None else "") +
+                  + (f"{'read-out loss (where + count)' if where_head is not None and where_head.counts is not None else 'where read-out loss'} "
+                     f"{recent[6]:.4f}  " if where_head is not None else "") +
                   f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s  "
                   f"train acc {_accuracy_line(scores[-log_every:])}", flush=True)  # fmt: skip
         if (step + 1) % save_every == 0 or step + 1 == steps:
@@ -1055,6 +1075,9 @@ def main(argv=None) -> None:
     parser.add_argument("--mark-values", action="store_true",
                         help="stages 1b-2: the dense probe also regresses each point token's mark of each shape from "
                              "the token at unit RMS, so that every mark reads the same in one direction")
+    parser.add_argument("--count-readout", action="store_true",
+                        help="stage 2: the `where` read-out also reads each counting answer from its key word after "
+                             "layer 1 (same weight and start)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1064,7 +1087,7 @@ def main(argv=None) -> None:
           colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
           count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
           count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
-          mark_values=args.mark_values)
+          mark_values=args.mark_values, count_readout=args.count_readout)
 
 
 if __name__ == "__main__":
