@@ -670,7 +670,7 @@ def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
     examples, checked = [], 0
     for seed in range(4):
         example, same = linked(random.Random(seed), SPLITS["standard"]), plain(random.Random(seed), SPLITS["standard"])
-        _, ids, (spans, keys, _, _, links, _, _), _ = example
+        _, ids, (spans, keys, _, _, links, *_), _ = example
         plain_targets, linked_targets = same[2], example[2]
         assert same[1] == ids and plain_targets.links == [] and linked_targets.links == links
         for field in ("spans", "rows", "places"):  # the flag adds links, nothing else
