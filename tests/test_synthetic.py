@@ -597,6 +597,23 @@ def test_where_questions_carry_the_place_their_answer_names(task_tokenizer):
             checked += 1
 
 
+def read_out_setup(tokenizer, seed: int, wanted):
+    """-> (config, an untrained model (seed 0) with the training attention, the first small-canvas conversation of
+    `random.Random(seed)` whose AnswerTargets satisfy `wanted`): what the read-out tests run `batch_loss` on."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import TRAINING_ATTENTION, WARMUP_SPLIT
+
+    torch.manual_seed(0)
+    config = default_config(tokenizer)
+    model = TokenPackerForCausalLM(config)
+    model.set_attn_implementation(TRAINING_ATTENTION)
+    maker, rng = ExampleMaker(tokenizer, config, max_turns=8), random.Random(seed)
+    example = maker(rng, WARMUP_SPLIT)
+    while not wanted(example[2]):
+        example = maker(rng, WARMUP_SPLIT)
+    return config, model, example
+
+
 def test_counting_questions_carry_their_answer_at_their_key_word(task_tokenizer):
     """Each counting question of a training conversation gives (its key word's position, the answer n): what the
     count read-out (`WhereHead(counts=True)`) reads at the key word."""
@@ -620,18 +637,10 @@ def test_the_count_read_out_adds_its_cross_entropy_to_the_read_out_term(task_tok
     a plain WhereHead's (same initial weights: the count layer is made last)."""
     import torch.nn.functional as F
 
-    from tokenpacker.modeling import TokenPackerForCausalLM
-    from tokenpacker.synthetic.train import KEY_LAYER, MAX_COUNT, TRAINING_ATTENTION, WARMUP_SPLIT, WhereHead, batch_loss
+    from tokenpacker.synthetic.train import KEY_LAYER, MAX_COUNT, WhereHead, batch_loss
 
-    torch.manual_seed(0)
-    config = default_config(task_tokenizer)
-    model = TokenPackerForCausalLM(config)
-    model.set_attn_implementation(TRAINING_ATTENTION)
-    maker, rng = ExampleMaker(task_tokenizer, config, max_turns=8), random.Random(3)
-    examples = []
-    while not examples:  # a conversation with a `where` and a counting question
-        example = maker(rng, WARMUP_SPLIT)
-        examples = [example] if example[2].places and example[2].tallies else []
+    config, model, example = read_out_setup(task_tokenizer, 3, lambda taught: taught.places and taught.tallies)
+    examples = [example]  # a conversation with a `where` and a counting question
     width = config.text_config.hidden_size
     torch.manual_seed(1)
     plain = WhereHead(width)
@@ -736,18 +745,10 @@ def test_the_where_key_words_attention_loss_can_weigh_more(task_tokenizer, monke
 def test_the_where_read_out_trains_the_layers_up_to_the_retrieval_only(task_tokenizer):
     """`batch_loss`'s `where` term reads the key word's hidden state after layer KEY_LAYER: its gradient reaches
     that layer and the ones below, not the layers above; without a WhereHead the term is 0."""
-    from tokenpacker.modeling import TokenPackerForCausalLM
-    from tokenpacker.synthetic.train import KEY_LAYER, TRAINING_ATTENTION, WARMUP_SPLIT, WhereHead, batch_loss
+    from tokenpacker.synthetic.train import KEY_LAYER, WhereHead, batch_loss
 
-    torch.manual_seed(0)
-    config = default_config(task_tokenizer)
-    model = TokenPackerForCausalLM(config)
-    model.set_attn_implementation(TRAINING_ATTENTION)
-    maker, rng = ExampleMaker(task_tokenizer, config, max_turns=8), random.Random(2)
-    examples = []
-    while not examples:  # a conversation with a `where` question
-        example = maker(rng, WARMUP_SPLIT)
-        examples = [example] if example[2].places else []
+    config, model, example = read_out_setup(task_tokenizer, 2, lambda taught: taught.places)
+    examples = [example]  # a conversation with a `where` question
     assert batch_loss(model, None, examples)[4].item() == 0
     where_loss = batch_loss(model, None, examples, WhereHead(config.text_config.hidden_size))[4]
     assert where_loss.item() > 0
