@@ -358,11 +358,12 @@ class PatchHead(torch.nn.Module):
                                           torch.nn.GELU(), torch.nn.Linear(hidden, len(SHAPES)))  # fmt: skip
         self.cells = torch.nn.Linear(width, 9) if cells else None  # created last: without it, the same initialisation
 
-    def loss(self, multi_level: torch.Tensor, labels: torch.Tensor, shape_only: bool = False) -> torch.Tensor:
+    def loss(self, multi_level: torch.Tensor, labels: torch.Tensor, shape_only: bool = False,
+             with_cells: bool = True) -> torch.Tensor:
         """multi_level: (V, R*R, L*C); labels: (V, 4, R, R). Shape on the objects' outline patches only (inside
         a big object a patch cannot see the outline: a target it cannot meet drowns the signal); colour over
-        every patch, the background (most of a view) weighted 0.2; object centres; with `cells`, the cell of every
-        global-view patch that has one (the tower's features hold no position until asked: a probe read it at
+        every patch, the background (most of a view) weighted 0.2; object centres; with `cells` (and `with_cells`), the
+        cell of every global-view patch that has one (the tower's features hold no position until asked: a probe read it at
         chance, and TokenPacker's point tokens see only their own region, experiments/where-cell)."""
         x = multi_level.flatten(0, 1)
         colors, shapes, centres, cells = (column.reshape(-1) for column in labels.flatten(2).unbind(1))  # (V*R*R,) each
@@ -374,7 +375,7 @@ class PatchHead(torch.nn.Module):
         color_loss = (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum()
         loss = shape_loss + color_loss + centre_loss(self.centres(x), centres, self.balanced_centres)
         placed = cells >= 0
-        if self.cells is not None and placed.any():
+        if self.cells is not None and with_cells and placed.any():
             loss = loss + F.cross_entropy(self.cells(x[placed]).float(), cells[placed])
         return loss
 
@@ -704,11 +705,13 @@ def _step_at(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "ExampleMaker", rng: random.Random,
-                    steps: int, shape_steps: int, batch_size: int, lr: float, log_every: int) -> None:  # fmt: skip
+                    steps: int, shape_steps: int, batch_size: int, lr: float, log_every: int,
+                    cell_start: int | None = None) -> None:  # fmt: skip
     """Stage 1: the vision tower learns dense patch features on single scenes, in fp32. The first `shape_steps`
     learn shape alone on small canvases with big objects (outlines spanning several patches): colour is so
     much easier that, trained together from the start, it crowds shape out. Then colour and object centres
-    join, on small canvases and the task's full range half and half."""
+    join, on small canvases and the task's full range half and half. A head with `cells` adds the 3 x 3 cell
+    from step `cell_start` on (None: with colour)."""
     params = list(model.model.vision_tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     with_cells = head.cells is not None
@@ -720,7 +723,7 @@ def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "Examp
         views = torch.cat([v for v, _ in batch])
         labels = torch.cat([lab for _, lab in batch])
         _, multi_level = model.model.vision_tower(views)
-        loss = head.loss(multi_level, labels, shape_only)
+        loss = head.loss(multi_level, labels, shape_only, with_cells=cell_start is None or step >= cell_start)
         _update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *head.accuracy(multi_level.detach(), labels)))  # on data not yet trained on
         if (step + 1) % log_every == 0:
@@ -816,7 +819,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
           count_spread: bool = False, count_head: bool = False, count_layer: int = KEY_LAYER,
-          mark_values: bool = False, count_readout: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          mark_values: bool = False, count_readout: bool = False,
+          tower_cell_start: int | None = None) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -830,7 +834,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     the read-out is neither trained nor trains the LLM). `sincos_position`: the tower's position embedding
     starts as a 2-D sine-cosine table (`sincos_position_embedding`), not CLIP's random one. `cell_target`: the 3 x 3
     cell of the image is a target of the tower's patches (stage 1, with colour) and of the object point tokens
-    (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`). `colour_link`:
+    (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`). `tower_cell_start`:
+    the cell is a target of the tower's patches alone, from stage 1's step `tower_cell_start` on (stages 1b-3 as
+    without it; not with `cell_target`). `colour_link`:
     stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
     colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
     `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
@@ -854,6 +860,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     in a full one."""
     if count_readout and not where_weight:
         raise ValueError("count_readout needs where_weight > 0: the count read-out shares the `where` read-out's term")
+    if cell_target and tower_cell_start is not None:
+        raise ValueError("tower_cell_start is the cell for the tower alone; cell_target already teaches it from colour on")
     mllm_dtype = resolve_mllm_dtype(mllm_dtype)
     autocast = torch.bfloat16 if mllm_dtype == "bfloat16" else None
     torch.manual_seed(seed)
@@ -862,7 +870,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     tokenizer = LlamaTokenizer.train(tokenizer_corpus(), out, vocab_size=500, hard_vocab_limit=False)  # saved into `out`
     config = default_config(tokenizer)
     model = TokenPackerForCausalLM(config).train()
-    head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers), cells=cell_target,
+    head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers),
+                     cells=cell_target or tower_cell_start is not None,
                      balanced_centres=balanced_centres)  # fmt: skip
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target,
                            balanced_centres=balanced_centres, mark_values=mark_values)  # fmt: skip
@@ -890,7 +899,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
             with torch.no_grad():
                 model.model.vision_tower.vision_tower.embeddings.position_embedding.weight.copy_(
                     sincos_position_embedding(config.raw_grid, config.vision_config.hidden_size))
-        pretrain_vision(model, head, make, rng, vision_steps, shape_steps, batch_size=6, lr=vision_lr, log_every=log_every)
+        pretrain_vision(model, head, make, rng, vision_steps, shape_steps, batch_size=6, lr=vision_lr, log_every=log_every,
+                        cell_start=tower_cell_start)  # fmt: skip
         pipeline.save_pretrained(out)  # the tower, usable as `--tower-from` (later saves keep it: it stays frozen)
     else:
         model.model.vision_tower.load_state_dict(load(tower_from, device="cpu").model.model.vision_tower.state_dict())
@@ -941,7 +951,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1078,6 +1088,8 @@ def main(argv=None) -> None:
     parser.add_argument("--count-readout", action="store_true",
                         help="stage 2: the `where` read-out also reads each counting answer from its key word after "
                              "layer 1 (same weight and start)")
+    parser.add_argument("--tower-cell-start", type=int,
+                        help="stage 1: the 3 x 3 cell as a target of the tower's patches alone, from this step on")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1087,7 +1099,7 @@ def main(argv=None) -> None:
           colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
           count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
           count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
-          mark_values=args.mark_values, count_readout=args.count_readout)
+          mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start)
 
 
 if __name__ == "__main__":
