@@ -266,15 +266,18 @@ TINY_POLISH = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
 
 @pytest.mark.parametrize("options", [{}, dict(where_weight=0.0, sincos_position=False, count_mark="centre"),
                                      dict(cell_target=True, colour_link=True, balanced_centres=True, count_head=True,
-                                          count_readout=True)],
-                         ids=["default", "run-q-recipe", "cell-colour-link-balanced-centres-count-head-readout"])  # fmt: skip
+                                          count_readout=True),
+                                     dict(tower_cell_start=1, where_own_head=True)],
+                         ids=["default", "run-q-recipe", "cell-colour-link-balanced-centres-count-head-readout",
+                              "tower-cell-where-own-head"])  # fmt: skip
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
     taken from a checkpoint that stopped before stage 3 (`resume_from`); by default (run AB's recipe: the `where`
     read-out, the sine-cosine position start, first-patch count marks), by run Q's recipe (none of the three),
     and with the cell target, the colour link (run W's), the balanced centre terms, the count head and the count
-    read-out besides."""
+    read-out besides; and with the cell for the tower alone from stage 1's second step and the `where` read-out on a
+    head of its own (run AG's)."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
@@ -306,6 +309,25 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["colour_link"] == options.get("colour_link", False)
     assert summary["balanced_centres"] == options.get("balanced_centres", False)
     assert summary["mllm_dtype"] == "bfloat16"
+    assert summary["tower_cell_start"] == options.get("tower_cell_start")
+    assert summary["where_own_head"] == options.get("where_own_head", False)
+
+
+def test_the_tower_cell_target_can_start_late():
+    """`PatchHead(cells=True).loss(with_cells=False)` (stage 1 before `tower_cell_start`) is the loss of a head
+    without the cell layer and the same other weights; with the cell it adds the cell's cross-entropy."""
+    from tokenpacker.synthetic.train import PatchHead
+
+    torch.manual_seed(0)
+    plain = PatchHead(16, hidden=8)
+    torch.manual_seed(0)
+    with_cell = PatchHead(16, hidden=8, cells=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), with_cell.state_dict().values()))
+    features = torch.randn(2, 9, 16, generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([[[1, 0, 2], [0, 0, 0], [3, 3, 0]], [[0, 4, 0], [0, 4, 4], [0, 0, 0]]])  # colours
+    labels = torch.stack([labels, (labels > 0) * 2, torch.zeros_like(labels), torch.arange(9).reshape(3, 3).expand(2, 3, 3)], 1)
+    assert torch.equal(with_cell.loss(features, labels, with_cells=False), plain.loss(features, labels))
+    assert with_cell.loss(features, labels).item() > plain.loss(features, labels).item()
 
 
 def test_the_centre_loss_can_weigh_the_rare_centres_as_much_as_the_rest():
@@ -665,6 +687,39 @@ def test_the_count_read_out_adds_its_cross_entropy_to_the_read_out_term(task_tok
     by_hand = F.cross_entropy(counting.counts(hidden["h"][0, positions].float()), answers)
     assert by_hand.item() > 0 and len(taught.tallies) >= 1
     torch.testing.assert_close(both, where_only + by_hand, atol=1e-5, rtol=1e-5)
+
+
+def test_the_where_read_out_can_read_a_head_of_its_own(task_tokenizer):
+    """`WhereHead(head=WHERE_HEAD)` reads each `where` answer from that head's output at the key word in layer
+    KEY_LAYER (o_proj's input, recomputed here), and `batch_loss` then also teaches that head the `where` key words'
+    attention targets: a term of its own in the attention loss, its mass logged under (KEY_LAYER, WHERE_HEAD)."""
+    import torch.nn.functional as F
+
+    from tokenpacker.synthetic.train import KEY_LAYER, WHERE_HEAD, WhereHead, batch_loss
+
+    config, model, example = read_out_setup(task_tokenizer, 3, lambda taught: len(taught.places) >= 1)
+    size = config.text_config.hidden_size // config.text_config.num_attention_heads
+    own, plain = WhereHead(size, head=WHERE_HEAD), WhereHead(config.text_config.hidden_size)
+    heads_in = {}
+    o_proj = model.model.layers[KEY_LAYER].self_attn.o_proj
+    hook = o_proj.register_forward_pre_hook(lambda m, args: heads_in.update(x=args[0]))
+    try:
+        _, _, _, own_attention, own_where, masses, _ = batch_loss(model, None, [example], own)
+    finally:
+        hook.remove()
+    _, _, _, plain_attention, _, plain_masses, _ = batch_loss(model, None, [example], plain)
+    prepared, _, taught, _ = example
+    with torch.no_grad():
+        tokens = model.model.mm_projector(*model.model.vision_tower(prepared.pixel_values)).tokens
+        shift = len(model.embed_visual_sequence(tokens, prepared.grid)) - 1
+    positions = torch.tensor([key + shift for key, _, _ in taught.places])
+    read = heads_in["x"][0, positions, WHERE_HEAD * size : (WHERE_HEAD + 1) * size]  # (Q, size): the head's output
+    rows, columns = torch.tensor([r for _, r, _ in taught.places]), torch.tensor([c for _, _, c in taught.places])
+    by_hand = F.cross_entropy(own.rows(read.float()), rows) + F.cross_entropy(own.columns(read.float()), columns)
+    torch.testing.assert_close(own_where, by_hand, atol=1e-5, rtol=1e-5)
+    assert 0 < masses[(KEY_LAYER, WHERE_HEAD)] < 1 and (KEY_LAYER, WHERE_HEAD) not in plain_masses
+    assert own_attention.item() > plain_attention.item()  # head 0's terms are the same, plus the own head's
+    assert masses[KEY_LAYER] == plain_masses[KEY_LAYER]
 
 
 def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):

@@ -495,10 +495,13 @@ class WhereHead(torch.nn.Module):
     (stage 2). It supervises the retrieval's output, not only where it looks: without it the key word knew its
     object's row at chance after that layer even when every point token carried its own position (0.27-0.34;
     with it 0.79, experiments/where-oracle). With `counts`, it also reads a counting question's answer (0 to
-    MAX_COUNT) from its key word's state after the same layer (`count_loss`; experiments/count-readout)."""
+    MAX_COUNT) from its key word's state after the same layer (`count_loss`; experiments/count-readout). With `head`,
+    it reads the `where` answer from that head's output at the key word instead (before o_proj: `width` is the head's
+    size), and `batch_loss` teaches that head the `where` key word's attention target (experiments/where-head)."""
 
-    def __init__(self, width: int, counts: bool = False):
+    def __init__(self, width: int, counts: bool = False, head: int | None = None):
         super().__init__()
+        self.head = head  # None: the key word's hidden state after layer KEY_LAYER
         self.rows = torch.nn.Linear(width, len(ROWS))
         self.columns = torch.nn.Linear(width, len(COLUMNS))
         self.counts = torch.nn.Linear(width, MAX_COUNT + 1) if counts else None  # made last: rows' and columns'
@@ -520,16 +523,20 @@ COLOUR_LINK_LAYER = 0  # with `colour_link`: where head 0 is taught to bring a `
 MAX_COUNT = 5  # the largest answer to a counting question (1-5 objects in a scene)
 COUNT_HEAD = 1  # with `count_head`: the head (of layer KEY_LAYER unless told) taught counting's even spread over <s>
 #                and the marks
+WHERE_HEAD = 2  # with `where_head`: the head of layer KEY_LAYER that the `where` read-out reads (not COUNT_HEAD)
 
 
 class AttentionProbe:
     """Training-only: a head's log-attention at chosen (batch row, query position) pairs of chosen layers, kept
     differentiable so that it can be supervised (the retrieval is taught, not waited for). A query set is named by
-    its layer (head 0) or by (layer, head)."""
+    its layer (head 0) or by (layer, head). `outputs` asks for heads' outputs (before o_proj) at chosen positions."""
 
-    def __init__(self, queries: dict[int | tuple[int, int], tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, queries: dict[int | tuple[int, int], tuple[torch.Tensor, torch.Tensor]],
+                 outputs: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] | None = None):  # fmt: skip
         self.queries = queries  # layer or (layer, head) -> (batch rows (Q,), query positions (Q,))
         self.log_probs: dict[int | tuple[int, int], torch.Tensor] = {}  # the same names -> (Q, T)
+        self.outputs = outputs or {}  # (layer, head) -> (batch rows (Q,), query positions (Q,))
+        self.head_outputs: dict[tuple[int, int], torch.Tensor] = {}  # the same names -> (Q, head size)
 
 
 def training_sdpa(module, query, key, value, attention_mask, attention_probe=None, **kwargs):
@@ -544,6 +551,9 @@ def training_sdpa(module, query, key, value, attention_mask, attention_probe=Non
         logits = torch.einsum("qd,qtd->qt", query[rows, head, positions].float(), key[rows, kv_head].float()) * scaling
         future = torch.arange(key.shape[2], device=key.device)[None, :] > positions[:, None]
         attention_probe.log_probs[name] = logits.masked_fill(future, float("-inf")).log_softmax(-1)
+    for (layer, head), (rows, positions) in (attention_probe.outputs.items() if attention_probe is not None else ()):
+        if layer == layer_idx:
+            attention_probe.head_outputs[(layer, head)] = out[0][rows, positions, head]  # out[0]: (B, T, heads, size)
     return out
 
 
@@ -600,7 +610,9 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     mean mass on target per layer (the count head's under (count_layer, COUNT_HEAD)) and, under "where", the
     `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
     the read-out of the key words' states after KEY_LAYER (`where_head`: the `where` answers', and with its
-    `counts` the counting answers' too; 0 without one or without such questions); and, per answer, (question type, whether every answer token was the argmax)."""
+    `counts` the counting answers' too; 0 without one or without such questions; with its `head`, the `where`
+    answers from that head's output at the key word, the head taught the `where` key words' targets too, its mean
+    mass under (KEY_LAYER, head)); and, per answer, (question type, whether every answer token was the argmax)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
     tower = model.model.vision_tower
     with torch.set_grad_enabled(any(p.requires_grad for p in tower.parameters())):
@@ -610,8 +622,11 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, places, tallies, where_rows, spread_rows, offset = [], [], [], [], [], [], [], [], 0
     count_name = (count_layer, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
+    where_name = (KEY_LAYER, where_head.head) if where_head is not None and where_head.head is not None else None
     supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: [], count_name: []}  # layer (head 0) or
     #                                           (layer, head) -> [(row, query position, target positions)]
+    if where_name is not None:  # the `where` key words' own head, taught their objects as head 0 is
+        supervised[where_name] = []
     for prepared, ids, taught, _ in examples:
         count = prepared.pixel_values.shape[0]
         visual = model.embed_visual_sequence(tokens[offset : offset + count], prepared.grid)
@@ -627,6 +642,9 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         where_keys = {key for key, _, _ in taught.places}
         spread_rows += [position in taught.spread for position, _, _ in taught.keys]  # per KEY_LAYER row: taught a spread
         where_rows += [position in where_keys for position, _, _ in taught.keys]  # per KEY_LAYER row: a `where` key word
+        if where_name is not None:
+            supervised[where_name] += [(len(sequences), position + shift, objects)
+                                       for position, _, objects in taught.keys if position in where_keys]  # fmt: skip
         supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in taught.rows]
         places += [(len(sequences), key + shift, row, column) for key, row, column in taught.places]
         tallies += [(len(sequences), key + shift, n) for key, n in taught.tallies]
@@ -639,18 +657,21 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     labels = torch.full((len(sequences), length), -100)
     for i, (s, t) in enumerate(zip(sequences, targets)):
         padded[i, : len(s)], labels[i, : len(t)] = s, t
+    read_counts = where_head is not None and where_head.counts is not None and bool(tallies)
+    read_where, after_key_layer = where_head is not None and bool(places), {}
+    outputs = {where_name: (torch.tensor([r for r, _, _, _ in places]), torch.tensor([k for _, k, _, _ in places]))
+               } if read_where and where_name is not None else {}  # fmt: skip
     probe = AttentionProbe({layer: (torch.tensor([r for r, _, _ in rows]), torch.tensor([q for _, q, _ in rows]))
-                            for layer, rows in supervised.items() if rows})  # fmt: skip
+                            for layer, rows in supervised.items() if rows}, outputs)  # fmt: skip
     # No attention mask: the padding is on the right, so under causal attention no real token sees it (the
     # padded positions carry no label), and without a mask SDPA takes its causal kernel: the same gradients bit
     # for bit, a full-range batch's loss and backward in 1.8 s instead of 2.4 here (experiments/speed).
     # The `where` read-out takes the key words' states after layer KEY_LAYER from a hook held for this forward
     # only: `output_hidden_states` leaves transformers' output recorders hooked on the layers, and a stage 3
     # resumed from a checkpoint then no longer matched the full run's (its losses differed in the 4th digit)
-    read_counts = where_head is not None and where_head.counts is not None and bool(tallies)
-    read_where, after_key_layer = where_head is not None and bool(places), {}
     record = lambda module, inputs, output: after_key_layer.update(hidden=output[0] if isinstance(output, tuple) else output)
-    hook = model.model.layers[KEY_LAYER].register_forward_hook(record) if read_where or read_counts else None
+    hooked = (read_where and where_name is None) or read_counts
+    hook = model.model.layers[KEY_LAYER].register_forward_hook(record) if hooked else None
     try:
         logits = model(inputs_embeds=padded, attention_probe=probe).logits.float()
     finally:
@@ -682,7 +703,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     where_loss = logits.sum() * 0
     if read_where:
         rows, positions, where_rows, where_columns = (torch.tensor(column) for column in zip(*places))
-        where_loss = where_loss + where_head.loss(after_key_layer["hidden"][rows, positions], where_rows, where_columns)
+        read = probe.head_outputs[where_name] if where_name is not None else after_key_layer["hidden"][rows, positions]
+        where_loss = where_loss + where_head.loss(read, where_rows, where_columns)
     if read_counts:  # the count read-out shares the `where` read-out's term (and so its weight and start)
         rows, positions, answers_n = (torch.tensor(column) for column in zip(*tallies))
         where_loss = where_loss + where_head.count_loss(after_key_layer["hidden"][rows, positions], answers_n)
@@ -820,7 +842,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
           count_spread: bool = False, count_head: bool = False, count_layer: int = KEY_LAYER,
           mark_values: bool = False, count_readout: bool = False,
-          tower_cell_start: int | None = None) -> TokenPackerPipeline:  # fmt: skip
+          tower_cell_start: int | None = None, where_own_head: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -836,7 +858,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     cell of the image is a target of the tower's patches (stage 1, with colour) and of the object point tokens
     (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`). `tower_cell_start`:
     the cell is a target of the tower's patches alone, from stage 1's step `tower_cell_start` on (stages 1b-3 as
-    without it; not with `cell_target`). `colour_link`:
+    without it; not with `cell_target`). `where_own_head`: stage 2's `where` read-out reads layer KEY_LAYER's head
+    WHERE_HEAD at the key word, and that head is taught the `where` key word's attention target (`WhereHead(head=)`).
+    `colour_link`:
     stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
     colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
     `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
@@ -860,6 +884,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     in a full one."""
     if count_readout and not where_weight:
         raise ValueError("count_readout needs where_weight > 0: the count read-out shares the `where` read-out's term")
+    if where_own_head and (not where_weight or count_readout):
+        raise ValueError("where_own_head is where the `where` read-out reads: it needs where_weight > 0 and no count_readout")
     if cell_target and tower_cell_start is not None:
         raise ValueError("tower_cell_start is the cell for the tower alone; cell_target already teaches it from colour on")
     mllm_dtype = resolve_mllm_dtype(mllm_dtype)
@@ -925,7 +951,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
 
         weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight,
                        where_attention=where_attention, count_layer=count_layer)
-        where_head = WhereHead(config.text_config.hidden_size, counts=count_readout) if where_weight else None
+        head_size = config.text_config.hidden_size // config.text_config.num_attention_heads
+        where_head = (WhereHead(head_size, head=WHERE_HEAD) if where_own_head
+                      else WhereHead(config.text_config.hidden_size, counts=count_readout)) if where_weight else None  # fmt: skip
         times["seconds_stage2"], history, scores = train_mllm(
             model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
             save=lambda: pipeline.save_pretrained(out), save_every=save_every, where_head=where_head,
@@ -951,7 +979,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1000,7 +1028,8 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         schedule.step()
         history.append((answer_loss.item(), patch_loss.item(), key_loss.item(), attention_loss.item(),
                         masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan), where_loss.item(),
-                        masses.get((weights.get("count_layer", KEY_LAYER), COUNT_HEAD), np.nan)))  # fmt: skip
+                        masses.get((weights.get("count_layer", KEY_LAYER), COUNT_HEAD), np.nan),
+                        masses.get((KEY_LAYER, WHERE_HEAD), np.nan)))  # fmt: skip
         link_masses.append(masses.get(COLOUR_LINK_LAYER, np.nan))  # nan: no link in the batch (or links off)
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
@@ -1008,7 +1037,8 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
             print(f"{tag} {step + 1}/{steps}  answer loss {recent[0]:.4f}  key-word loss {recent[2]:.4f}  patch loss {recent[1]:.4f}  "
                   f"attention loss {recent[3]:.4f} (mass on target: key word {recent[4]:.2f}, answer {recent[5]:.2f}"
                   + (f", colour link {_mean_over_steps(link_masses[-log_every:]):.2f}" if make.colour_link else "")
-                  + (f", count head {recent[7]:.2f}" if make.count_head else "") + ")  "
+                  + (f", count head {recent[7]:.2f}" if make.count_head else "")
+                  + (f", where head {recent[8]:.2f}" if where_head is not None and where_head.head is not None else "") + ")  "
                   + (f"{'read-out loss (where + count)' if where_head is not None and where_head.counts is not None else 'where read-out loss'} "
                      f"{recent[6]:.4f}  " if where_head is not None else "") +
                   f"lr {schedule.get_last_lr()[0]:.2e}  {time.time() - start:.0f}s  "
@@ -1090,6 +1120,9 @@ def main(argv=None) -> None:
                              "layer 1 (same weight and start)")
     parser.add_argument("--tower-cell-start", type=int,
                         help="stage 1: the 3 x 3 cell as a target of the tower's patches alone, from this step on")
+    parser.add_argument("--where-head", action="store_true",
+                        help="stage 2: the `where` read-out reads layer 1's head 2 at the key word, and that head is "
+                             "taught the `where` key word's objects")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1099,7 +1132,8 @@ def main(argv=None) -> None:
           colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
           count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
           count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
-          mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start)
+          mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start,
+          where_own_head=args.where_head)
 
 
 if __name__ == "__main__":
