@@ -267,17 +267,17 @@ TINY_POLISH = dict(polish_steps=2, polish_min_turns=2, polish_max_turns=3)
 @pytest.mark.parametrize("options", [{}, dict(where_weight=0.0, sincos_position=False, count_mark="centre"),
                                      dict(cell_target=True, colour_link=True, balanced_centres=True, count_head=True,
                                           count_readout=True),
-                                     dict(tower_cell_start=1, where_own_head=True)],
+                                     dict(tower_cell_start=1, token_cell_start=1, where_own_head=True)],
                          ids=["default", "run-q-recipe", "cell-colour-link-balanced-centres-count-head-readout",
-                              "tower-cell-where-own-head"])  # fmt: skip
+                              "tower-and-token-cell-where-own-head"])  # fmt: skip
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
     same again when stage 1's tower is taken from the first checkpoint (`tower_from`), and when stages 1-2 are
     taken from a checkpoint that stopped before stage 3 (`resume_from`); by default (run AB's recipe: the `where`
     read-out, the sine-cosine position start, first-patch count marks), by run Q's recipe (none of the three),
     and with the cell target, the colour link (run W's), the balanced centre terms, the count head and the count
-    read-out besides; and with the cell for the tower alone from stage 1's second step and the `where` read-out on a
-    head of its own (run AG's)."""
+    read-out besides; and with the cell for the tower from stage 1's second step, for the tokens from stage 1b's
+    second, and the `where` read-out on a head of its own (run AG's)."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
@@ -311,6 +311,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["mllm_dtype"] == "bfloat16"
     assert summary["tower_cell_start"] == options.get("tower_cell_start")
     assert summary["where_own_head"] == options.get("where_own_head", False)
+    assert summary["token_cell_start"] == options.get("token_cell_start")
 
 
 def test_the_tower_cell_target_can_start_late():

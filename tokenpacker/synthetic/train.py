@@ -771,7 +771,8 @@ def balanced_step(optimizer: torch.optim.Optimizer, params: list, losses: list[t
 
 
 def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, make: "ExampleMaker", rng: random.Random,
-                       steps: int, color_steps: int, batch_size: int, lr: float, log_every: int, gate: float = 0.9) -> None:  # fmt: skip
+                       steps: int, color_steps: int, batch_size: int, lr: float, log_every: int, gate: float = 0.9,
+                       cell_start: int | None = None) -> None:  # fmt: skip
     """Stage 1b: the projector learns to carry what the frozen tower sees (colour, shape, centres) into its point
     tokens, through the linear TokenHead: colour alone for `color_steps`, then all three until the object
     tokens' colour and shape accuracy (mean over the last `log_every` steps) both pass `gate`, at most `steps`
@@ -779,7 +780,8 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
     all of stage 2; with colour and shape learnt together from the start, shape crowded colour out (0.27).
     With the TokenHead's cell (run H's stage 1b, experiments/where-cell), each term's gradient at the same norm
     (`balanced_step`), colour without its background class (else it sits on a 'background everywhere' plateau
-    while the other terms take over), and the gate needs the centre tokens' cell too."""
+    while the other terms take over), and the gate needs the centre tokens' cell too; with `cell_start`, instead,
+    the plain sum, the cell's term joining at step `cell_start` (when colour and most of shape are learnt)."""
     params = list(model.model.mm_projector.parameters()) + list(token_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     with_cells = token_head.cells is not None
@@ -793,7 +795,12 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
             features, multi_level = model.model.vision_tower(views)
         tokens = model.model.mm_projector(features, multi_level).tokens  # (V, G*G, H)
         step_lr = lr * min(1.0, (step + 1) / 50)
-        if with_cells:
+        if with_cells and cell_start is not None:
+            losses = token_head.losses(tokens, labels)
+            terms = [losses["colour"]] if color_only else [v for k, v in losses.items() if k != "cell" or step >= cell_start]
+            loss = sum(terms)
+            _update(optimizer, params, loss, step_lr)
+        elif with_cells:
             losses = token_head.losses(tokens, labels, background=0.0)
             terms = [losses["colour"]] if color_only else list(losses.values())
             balanced_step(optimizer, params, terms, step_lr)
@@ -842,7 +849,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
           count_spread: bool = False, count_head: bool = False, count_layer: int = KEY_LAYER,
           mark_values: bool = False, count_readout: bool = False,
-          tower_cell_start: int | None = None, where_own_head: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          tower_cell_start: int | None = None, where_own_head: bool = False,
+          token_cell_start: int | None = None) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -858,7 +866,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     cell of the image is a target of the tower's patches (stage 1, with colour) and of the object point tokens
     (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`). `tower_cell_start`:
     the cell is a target of the tower's patches alone, from stage 1's step `tower_cell_start` on (stages 1b-3 as
-    without it; not with `cell_target`). `where_own_head`: stage 2's `where` read-out reads layer KEY_LAYER's head
+    without it; not with `cell_target`). `token_cell_start`: the object point tokens' cell is a target of stage
+    1b's plain sum from its step `token_cell_start` on, and of stage 2's dense probe (not with `cell_target`).
+    `where_own_head`: stage 2's `where` read-out reads layer KEY_LAYER's head
     WHERE_HEAD at the key word, and that head is taught the `where` key word's attention target (`WhereHead(head=)`).
     `colour_link`:
     stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
@@ -886,6 +896,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         raise ValueError("count_readout needs where_weight > 0: the count read-out shares the `where` read-out's term")
     if where_own_head and (not where_weight or count_readout):
         raise ValueError("where_own_head is where the `where` read-out reads: it needs where_weight > 0 and no count_readout")
+    if cell_target and token_cell_start is not None:
+        raise ValueError("token_cell_start is the tokens' cell in a plain stage 1b; cell_target balances stage 1b's terms")
     if cell_target and tower_cell_start is not None:
         raise ValueError("tower_cell_start is the cell for the tower alone; cell_target already teaches it from colour on")
     mllm_dtype = resolve_mllm_dtype(mllm_dtype)
@@ -899,7 +911,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers),
                      cells=cell_target or tower_cell_start is not None,
                      balanced_centres=balanced_centres)  # fmt: skip
-    token_head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=cell_target,
+    token_head = TokenHead(config.text_config.hidden_size, config.scale_factor,
+                           cells=cell_target or token_cell_start is not None,
                            balanced_centres=balanced_centres, mark_values=mark_values)  # fmt: skip
     make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view,
                         count_mark=count_mark, count_spread=count_spread, count_head=count_head)  # fmt: skip
@@ -935,7 +948,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     if resume_from is None:
         torch.manual_seed(seed + 1)
         rng = random.Random(seed + 1)
-        pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr, log_every=log_every)
+        pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr,
+                           log_every=log_every, cell_start=token_cell_start)  # fmt: skip
         pipeline.save_pretrained(out)  # what reaches the LLM, before it trains
     inference_attention = model.config._attn_implementation
     model.set_attn_implementation(TRAINING_ATTENTION)
@@ -979,7 +993,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1123,6 +1137,8 @@ def main(argv=None) -> None:
     parser.add_argument("--where-head", action="store_true",
                         help="stage 2: the `where` read-out reads layer 1's head 2 at the key word, and that head is "
                              "taught the `where` key word's objects")
+    parser.add_argument("--token-cell-start", type=int,
+                        help="stages 1b-2: the object point tokens' cell as a target, in stage 1b from this step on")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1133,7 +1149,7 @@ def main(argv=None) -> None:
           count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
           count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
           mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start,
-          where_own_head=args.where_head)
+          where_own_head=args.where_head, token_cell_start=args.token_cell_start)
 
 
 if __name__ == "__main__":
