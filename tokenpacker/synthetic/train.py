@@ -523,7 +523,7 @@ COLOUR_LINK_LAYER = 0  # with `colour_link`: where head 0 is taught to bring a `
 MAX_COUNT = 5  # the largest answer to a counting question (1-5 objects in a scene)
 COUNT_HEAD = 1  # with `count_head`: the head (of layer KEY_LAYER unless told) taught counting's even spread over <s>
 #                and the marks
-WHERE_HEAD = 2  # with `where_head`: the head of layer KEY_LAYER that the `where` read-out reads (not COUNT_HEAD)
+WHERE_HEAD = 2  # with `where_own_head`: the head of layer KEY_LAYER that the `where` read-out reads (not COUNT_HEAD)
 
 
 class AttentionProbe:
@@ -868,10 +868,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     the cell is a target of the tower's patches alone, from stage 1's step `tower_cell_start` on (stages 1b-3 as
     without it; not with `cell_target`). `token_cell_start`: the object point tokens' cell is a target of stage
     1b's plain sum from its step `token_cell_start` on, and of stage 2's dense probe (not with `cell_target`).
-    `where_own_head`: stage 2's `where` read-out reads layer KEY_LAYER's head
-    WHERE_HEAD at the key word, and that head is taught the `where` key word's attention target (`WhereHead(head=)`).
-    `colour_link`:
-    stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
+    `where_own_head`: stage 2's `where` read-out reads layer KEY_LAYER's head WHERE_HEAD at the key word, and that
+    head is taught the `where` key word's attention target (`WhereHead(head=)`). `colour_link`: stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
     colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
     `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
     `count_view`: where stages 2 and 3 teach counting's key word to find the centre tokens ("tiles" or "global";
