@@ -5,28 +5,32 @@
 CLIP-style tower at 336 px / patch 14 (the real 24 x 24 grid and 336 px HD tiles), the TokenPacker
 projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece tokenizer; HD slice mode with
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
-the same checkpoint on the same machine. The defaults made the shipped checkpoint in one piece in 4982 s = 83
-minutes on the project's 2-core CPU (run AB, assets/default-model/training.log: stage 1 1053 s, stage 1b 411 s,
-stage 2 2840 s, stage 3 678 s). The machine's speed varies by 10-20% from day to day (the previous recipe, run Q,
-took 80 minutes on a fast day and about 92 on a slow one: experiments/speed/README.md).
+the same checkpoint on the same machine. The defaults are run BB's recipe (experiments/branches/README.md), which
+made the shipped checkpoint (assets/default-model/training.log); a clean run of the bare command takes
+REPRO_MINUTES on the project's 2-core CPU. The machine's speed varies by 10-20% from day to day (the earlier recipe
+run Q took 80 minutes on a fast day and about 92 on a slow one: experiments/speed/README.md).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
-and centres too, into its point tokens (a linear probe). Stage 2 trains the projector and the LLM on multi-turn
-conversations, first on small canvases (few views), then on the task's full range of canvases, with three
+and centres too, into its point tokens (a linear probe). Stage 2 trains the projector and the LLM on each scene's
+questions, first on small canvases (few views), then on the task's full range of canvases, with three
 auxiliary losses: the dense probe on the point tokens; the answer's first token predicted already at the
 question's key word (intermediate supervision); and attention supervision, which teaches the retrieval instead
 of waiting for it (the key word attends to the point tokens of the objects asked about, the answer to the key
-word). Stage 3 polishes on the full range only, with longer conversations (4-12 questions a scene: more answers
-for each pass over the visual tokens) and a small learning rate. `--tower-from CHECKPOINT` takes stage 1 from a
+word). Stage 3 polishes on the full range only, at a small learning rate (with `--no-branches`, on longer
+conversations: 4-12 questions a scene instead of 1-8). `--tower-from CHECKPOINT` takes stage 1 from a
 checkpoint of this recipe, `--resume-from CHECKPOINT` stages 1-2; either gives the same result as a full run.
 The recipe has, since run AB (experiments/mark-and-readout), a training-only read-out of `where` answers at the key
 word in stage 2 (`--where-weight 1`, from step `--where-start`), the tower's position embedding started as a 2-D
 sine-cosine table (`--position-start sincos`; both from run R, experiments/where-readout) and each object counted by
-its first patch in reading order (`--count-mark first`, run Z, experiments/first-mark); `--where-weight 0
---position-start clip --count-mark centre` gives run Q's recipe, shipped before it. The other options
-(`--cell-target`, `--colour-link`, `--count-spread`, ...) are off by default: the runs that had them were not
-shipped."""
+its first patch in reading order (`--count-mark first`, run Z, experiments/first-mark). Since run BB
+(experiments/branches) each scene's questions are trained as separate single-turn branches after one shared visual
+prefix (`--branches`), the object's 3x3 cell is taught to the tower from stage 1's step 1000 and to the point tokens
+from stage 1b's step 400 (`--tower-cell-start`, `--token-cell-start`; not in stage 2, `--no-token-cell-in-stage2`),
+and the `where` read-out reads a head of its own (`--where-head`, run AG, experiments/where-head). `--no-branches
+--tower-cell-start off --token-cell-start off --no-where-head --warmup-steps 1400 --steps 1900 --polish-steps 250
+--projector-steps 1000` gives run AB's recipe, shipped before it. The other options (`--cell-target`,
+`--colour-link`, `--count-spread`, ...) are off by default: the runs that had them were not shipped."""
 
 import argparse
 import json
@@ -52,7 +56,7 @@ from ..loading import load
 from ..modeling import TokenPackerForCausalLM
 from ..pipeline import TokenPackerPipeline
 from ..tokenizer import LlamaTokenizer
-from .scenes import COLORS, COLUMNS, QUESTION_TYPES, ROWS, SHAPES, SPLITS, random_scene, sample_question
+from .scenes import COLORS, COLUMNS, QUESTION_TYPES, ROWS, SHAPES, SPLITS, questions, random_scene, sample_question
 
 TRAIN_SEED = 1234
 
@@ -99,6 +103,7 @@ class AnswerTargets(NamedTuple):
     counts: tuple = ()  # with `count_head`: per counting key word, (its position, <s> and its n marks' positions),
     #                    taught to head COUNT_HEAD (of `batch_loss`'s count_layer) as an even spread, 1/(n+1) each
     tallies: tuple = ()  # per counting question: (key word's position, the answer n), what a count read-out reads
+    branches: tuple = ()  # with branches: per question its own single-turn text after the image, (start, end) in ids
 
 
 class ExampleMaker:
@@ -110,7 +115,7 @@ class ExampleMaker:
 
     def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1,
                  colour_link: bool = False, count_view: str = "tiles", count_mark: str = "centre",
-                 count_spread: bool = False, count_head: bool = False):  # fmt: skip
+                 count_spread: bool = False, count_head: bool = False, branches: dict[str, int] | None = None):  # fmt: skip
         if count_view not in ("tiles", "global"):
             raise ValueError(f"count_view must be 'tiles' or 'global', not {count_view!r}")
         if count_mark not in COUNT_MARKS:
@@ -123,6 +128,7 @@ class ExampleMaker:
         self.count_head = count_head  # the same, taught to a head of its own (COUNT_HEAD), head 0's mass kept
         self.processor = ImageProcessor(config)
         self.min_turns, self.max_turns = min_turns, max_turns
+        self.branches = branches  # per question type the most questions a scene is asked, each as its own branch
         self.grid = config.raw_grid
         self.point_grid = config.point_grid
 
@@ -134,26 +140,29 @@ class ExampleMaker:
     def __call__(self, rng: random.Random, split: dict):
         """-> (prepared image, prompt ids, AnswerTargets, dense labels) for one scene drawn from `split`."""
         scene = random_scene(rng, **split)
-        turns, asked = [], []
-        for _ in range(rng.randint(self.min_turns, self.max_turns)):
-            kind, question, answer, _ = sample_question(scene, rng, rng.choice(QUESTION_TYPES))
-            if all(t.question != question for t in turns):
-                turns.append(Turn(question, answer))
-                asked.append((kind, question, answer))
+        if self.branches:
+            asked = branch_questions(scene, rng, self.branches)
+        else:
+            asked = []
+            for _ in range(rng.randint(self.min_turns, self.max_turns)):
+                kind, question, answer, _ = sample_question(scene, rng, rng.choice(QUESTION_TYPES))
+                if all(q != question for _, q, _ in asked):
+                    asked.append((kind, question, answer))
         prepared = self.processor(scene.render())
         labels = patch_labels(scene, prepared.views, self.grid, mark=self.count_mark)
-        ids = self.tokenizer.encode_with_image(build_prompt(turns))
+        turns = [Turn(question, answer) for _, question, answer in asked]
+        if self.branches:
+            ids, bounds, branches = self._branched(turns)
+        else:
+            ids, bounds, branches = self._multi_turn(turns)
         layout = build_layout(prepared.image_size, prepared.views, prepared.mode, prepared.grid, self.point_grid,
                               start=ids.index(IMAGE_TOKEN_INDEX))  # fmt: skip
         masks = token_masks(labels, prepared.views, self.point_grid)
-        spans, keys, rows, places, links, spread, counts, tallies, previous_end = [], [], [], [], [], [], [], [], 0
-        for i, (turn, (kind, question, answer)) in enumerate(zip(turns, asked)):  # each answer (and its </s>) extends its prompt's tokens
-            start = len(self.tokenizer.encode_with_image(build_prompt(turns[:i] + [Turn(turn.question)])))
-            end = len(self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])))
-            assert ids[:end] == self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])), "prefix mismatch"
+        spans, keys, rows, places, links, spread, counts, tallies = [], [], [], [], [], [], [], []
+        for (kind, question, answer), (earliest, start, end) in zip(asked, bounds):
             spans.append((start, end, kind))
             key = self.tokenizer.convert_tokens_to_ids(self.tokenizer.tokenize(key_word(kind, question))[0])
-            found = [p for p in range(start - 1, previous_end, -1) if ids[p] == key]
+            found = [p for p in range(start - 1, earliest, -1) if ids[p] == key]
             # the answer's first informative token: a digit comes as '▁', '3', and the key word targets the '3'
             first = next(p for p in range(start, end) if self.tokenizer.id_to_piece(ids[p]) != "▁")
             if found:
@@ -178,8 +187,61 @@ class ExampleMaker:
                     tallies.append((found[0], int(answer)))
                 if self.colour_link and kind in ("where", "exists"):  # '... red circle?': 'red' ends just before 'circle'
                     links.append((found[0], found[0] - 1))
+        taught = AnswerTargets(spans, keys, rows, places, links, tuple(spread), tuple(counts), tuple(tallies), branches)
+        return prepared, ids, taught, labels
+
+    def _multi_turn(self, turns: list[Turn]):
+        """One conversation of all the turns -> (ids, per turn (previous turn's end, answer start, answer end), ())."""
+        ids = self.tokenizer.encode_with_image(build_prompt(turns))
+        bounds, previous_end = [], 0
+        for i, turn in enumerate(turns):  # each answer (and its </s>) extends its prompt's tokens
+            start = len(self.tokenizer.encode_with_image(build_prompt(turns[:i] + [Turn(turn.question)])))
+            end = len(self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])))
+            assert ids[:end] == self.tokenizer.encode_with_image(build_prompt(turns[: i + 1])), "prefix mismatch"
+            bounds.append((previous_end, start, end))
             previous_end = end
-        return prepared, ids, AnswerTargets(spans, keys, rows, places, links, tuple(spread), tuple(counts), tuple(tallies)), labels
+        return ids, bounds, ()
+
+    def _branched(self, turns: list[Turn]):
+        """Each turn as its own single-turn conversation, all sharing one prefix (system prompt, `USER:`, image):
+        ids = prefix + each conversation's text after the image, one after another -> (ids, per turn (its branch's
+        start - 1, answer start, answer end), per turn its branch (start, end)). `batch_loss` gives every branch
+        the positions and the view (prefix and itself) that it has alone, so each answer is learnt exactly as
+        the single-turn question is asked, and the visual prefix is paid once for all of them."""
+        alone = [self.tokenizer.encode_with_image(build_prompt([turn])) for turn in turns]
+        at = alone[0].index(IMAGE_TOKEN_INDEX) + 1
+        ids, bounds, branches = list(alone[0][:at]), [], []
+        for turn, full in zip(turns, alone):
+            assert full[:at] == ids[:at], "prefix mismatch"
+            begin = len(ids)
+            question = len(self.tokenizer.encode_with_image(build_prompt([Turn(turn.question)])))
+            ids += full[at:]
+            bounds.append((begin - 1, begin + question - at, len(ids)))
+            branches.append((begin, len(ids)))
+        return ids, bounds, tuple(branches)
+
+
+BRANCH_QUOTA = {"color": 3, "shape": 3, "count": 1, "count_shape": 3, "exists": 4, "where": 3}
+
+
+def branch_questions(scene, rng: random.Random, quota: dict[str, int]) -> list[tuple[str, str, str]]:
+    """Up to quota[type] of the scene's answerable questions of each type, in random order ((type, question, answer));
+    `exists` half yes, half no where the scene has both."""
+    pools: dict[str, list] = {}
+    for kind, question, answer, _ in questions(scene):
+        pools.setdefault(kind, []).append((kind, question, answer))
+    chosen = []
+    for kind in QUESTION_TYPES:
+        pool = pools.get(kind, [])
+        rng.shuffle(pool)
+        if kind == "exists":
+            yes, no = [q for q in pool if q[2] == "yes"], [q for q in pool if q[2] == "no"]
+            half = quota[kind] // 2
+            take_yes = min(len(yes), max(half, quota[kind] - len(no)))
+            pool = yes[:take_yes] + no[: quota[kind] - take_yes]
+        chosen += pool[: quota[kind]]
+    rng.shuffle(chosen)
+    return chosen
 
 
 def key_word(kind: str, question: str) -> str:
@@ -549,8 +611,11 @@ def training_sdpa(module, query, key, value, attention_mask, attention_probe=Non
         kv_head = head // (query.shape[1] // key.shape[1])  # grouped-query attention: the head's key/value head
         scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
         logits = torch.einsum("qd,qtd->qt", query[rows, head, positions].float(), key[rows, kv_head].float()) * scaling
-        future = torch.arange(key.shape[2], device=key.device)[None, :] > positions[:, None]
-        attention_probe.log_probs[name] = logits.masked_fill(future, float("-inf")).log_softmax(-1)
+        if attention_mask is not None:  # branches: (B, 1, T, T) bool, True where a query may look
+            hidden = ~attention_mask[rows, 0, positions, : key.shape[2]]
+        else:
+            hidden = torch.arange(key.shape[2], device=key.device)[None, :] > positions[:, None]
+        attention_probe.log_probs[name] = logits.masked_fill(hidden, float("-inf")).log_softmax(-1)
     for (layer, head), (rows, positions) in (attention_probe.outputs.items() if attention_probe is not None else ()):
         if layer == layer_idx:
             attention_probe.head_outputs[(layer, head)] = out[0][rows, positions, head]  # out[0]: (B, T, heads, size)
@@ -599,10 +664,31 @@ def attention_mass_loss(log_probs: torch.Tensor, targets: list[np.ndarray], weig
     return loss, log_mass.detach().exp().mean().item()
 
 
+def branch_attention(rows: list[tuple[int, list[tuple[int, int]]]], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention mask (B, 1, T, T) bool and position ids (B, T) for a batch of sequences made of a shared prefix and
+    branches: per row its length and its branches' [start, end) sequence positions (none: one causal sequence). A
+    branch token sees the prefix and its own branch's earlier tokens, at positions that continue the prefix's, as
+    if it were alone after it; padding sees only itself (no row without a key: SDPA would give nan)."""
+    allowed = torch.zeros(len(rows), length, length, dtype=torch.bool)
+    positions = torch.arange(length).repeat(len(rows), 1)
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    for i, (used, branches) in enumerate(rows):
+        prefix = branches[0][0] if branches else used
+        allowed[i, :prefix, :prefix] = causal[:prefix, :prefix]
+        for start, end in branches:
+            allowed[i, start:end, :prefix] = True
+            allowed[i, start:end, start:end] = causal[: end - start, : end - start]
+            positions[i, start:end] = torch.arange(prefix, prefix + end - start)
+        if not branches:
+            allowed[i, :used, :used] = causal[:used, :used]
+        allowed[i, used:, used:] = torch.eye(length - used, dtype=torch.bool)
+    return allowed[:, None], positions
+
+
 def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples, where_head: WhereHead | None = None,
                where_attention: float = 1.0, count_layer: int = KEY_LAYER):  # fmt: skip
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
-    counts; the same at each question's key word for the answer's first token; the dense probes' losses on
+    counts (examples with `branches` get the attention mask and positions of `branch_attention`); the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
     layer KEY_LAYER, the `where` key words' rows weighted `where_attention`; answer -> key word in ANSWER_LAYER;
     key word -> colour word in COLOUR_LINK_LAYER for the examples' links; head 0; and, for the examples' `counts`,
@@ -621,6 +707,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, places, tallies, where_rows, spread_rows, offset = [], [], [], [], [], [], [], [], 0
+    shifts = []
     count_name = (count_layer, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
     where_name = (KEY_LAYER, where_head.head) if where_head is not None and where_head.head is not None else None
     supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: [], count_name: []}  # layer (head 0) or
@@ -633,6 +720,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         offset += count
         embeds = model.build_inputs_embeds(torch.tensor(ids), visual)[0]
         shift = visual.shape[0] - 1  # the placeholder became len(visual) embeddings
+        shifts.append(shift)
         labels = torch.full((embeds.shape[0],), -100)
         for start, end, kind in taught.spans:
             labels[start + shift : end + shift] = torch.tensor(ids[start:end])
@@ -657,15 +745,18 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     labels = torch.full((len(sequences), length), -100)
     for i, (s, t) in enumerate(zip(sequences, targets)):
         padded[i, : len(s)], labels[i, : len(t)] = s, t
+    branched = [(len(s), [(a + shift, b + shift) for a, b in taught.branches])
+                for s, (_, _, taught, _), shift in zip(sequences, examples, shifts)]  # fmt: skip
+    attention_mask, position_ids = branch_attention(branched, length) if any(b for _, b in branched) else (None, None)
     read_counts = where_head is not None and where_head.counts is not None and bool(tallies)
     read_where, after_key_layer = where_head is not None and bool(places), {}
     outputs = {where_name: (torch.tensor([r for r, _, _, _ in places]), torch.tensor([k for _, k, _, _ in places]))
                } if read_where and where_name is not None else {}  # fmt: skip
     probe = AttentionProbe({layer: (torch.tensor([r for r, _, _ in rows]), torch.tensor([q for _, q, _ in rows]))
                             for layer, rows in supervised.items() if rows}, outputs)  # fmt: skip
-    # No attention mask: the padding is on the right, so under causal attention no real token sees it (the
-    # padded positions carry no label), and without a mask SDPA takes its causal kernel: the same gradients bit
-    # for bit, a full-range batch's loss and backward in 1.8 s instead of 2.4 here (experiments/speed).
+    # Without branches no attention mask: the padding is on the right, so under causal attention no real token sees
+    # it (the padded positions carry no label), and without a mask SDPA takes its causal kernel: the same gradients
+    # bit for bit, a full-range batch's loss and backward in 1.8 s instead of 2.4 here (experiments/speed).
     # The `where` read-out takes the key words' states after layer KEY_LAYER from a hook held for this forward
     # only: `output_hidden_states` leaves transformers' output recorders hooked on the layers, and a stage 3
     # resumed from a checkpoint then no longer matched the full run's (its losses differed in the 4th digit)
@@ -673,7 +764,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     hooked = (read_where and where_name is None) or read_counts
     hook = model.model.layers[KEY_LAYER].register_forward_hook(record) if hooked else None
     try:
-        logits = model(inputs_embeds=padded, attention_probe=probe).logits.float()
+        logits = model(inputs_embeds=padded, attention_mask=attention_mask, position_ids=position_ids,
+                       attention_probe=probe).logits.float()  # fmt: skip
     finally:
         if hook is not None:
             hook.remove()
@@ -839,18 +931,19 @@ def sincos_position_embedding(grid: int, width: int) -> torch.Tensor:
 WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # few views, big objects
 
 
-def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: int = 800, projector_steps: int = 1000, projector_color_steps: int = 200,
-          warmup_steps: int = 1400, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
+def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: int = 800, projector_steps: int = 1400, projector_color_steps: int = 200,
+          warmup_steps: int = 800, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
-          save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 250, polish_lr: float = 2.5e-4,
+          save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 150, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 1.0,
           where_start: int = 0, sincos_position: bool = True, cell_target: bool = False,
           colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
           count_spread: bool = False, count_head: bool = False, count_layer: int = KEY_LAYER,
           mark_values: bool = False, count_readout: bool = False,
-          tower_cell_start: int | None = None, where_own_head: bool = False,
-          token_cell_start: int | None = None) -> TokenPackerPipeline:  # fmt: skip
+          tower_cell_start: int | None = 1000, where_own_head: bool = True,
+          token_cell_start: int | None = 400, token_cell_stage2: bool = False,
+          branches: bool = True) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -867,7 +960,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     (stages 1b and 2, `TokenHead`), and stage 1b balances its terms (see `pretrain_projector`). `tower_cell_start`:
     the cell is a target of the tower's patches alone, from stage 1's step `tower_cell_start` on (stages 1b-3 as
     without it; not with `cell_target`). `token_cell_start`: the object point tokens' cell is a target of stage
-    1b's plain sum from its step `token_cell_start` on, and of stage 2's dense probe (not with `cell_target`).
+    1b's plain sum from its step `token_cell_start` on, and with `token_cell_stage2` of stage 2's dense probe too (not
+    with `cell_target`; without `token_cell_stage2` the cell in the tokens is what stage 1b made it, and what the
+    `where` read-out's gradient adds: in run AG, where stage 2's probe had it, it took colour's place).
     `where_own_head`: stage 2's `where` read-out reads layer KEY_LAYER's head WHERE_HEAD at the key word, and that
     head is taught the `where` key word's attention target (`WhereHead(head=)`). `colour_link`: stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
     colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
@@ -882,6 +977,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     `mark_values`: stages 1b and 2's dense probe also regresses each point token's per-shape mark (`TokenHead`).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`).
+    `branches`: stages 2 and 3 ask each scene up to BRANCH_QUOTA questions of each type, each as its own single-turn
+    conversation after one shared prefix (`ExampleMaker(branches=)`, `branch_attention`): about 15 answers a scene
+    instead of 1-8 (stage 3: 4-12) turns of one conversation, for ~1.5x the time of a step (experiments/branches).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
@@ -895,9 +993,11 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     if where_own_head and (not where_weight or count_readout):
         raise ValueError("where_own_head is where the `where` read-out reads: it needs where_weight > 0 and no count_readout")
     if cell_target and token_cell_start is not None:
-        raise ValueError("token_cell_start is the tokens' cell in a plain stage 1b; cell_target balances stage 1b's terms")
+        raise ValueError("token_cell_start is the tokens' cell in a plain stage 1b; cell_target balances stage 1b's terms "
+                         "(token_cell_start=None, --token-cell-start off)")
     if cell_target and tower_cell_start is not None:
-        raise ValueError("tower_cell_start is the cell for the tower alone; cell_target already teaches it from colour on")
+        raise ValueError("tower_cell_start is the cell for the tower alone; cell_target already teaches it from colour on "
+                         "(tower_cell_start=None, --tower-cell-start off)")
     mllm_dtype = resolve_mllm_dtype(mllm_dtype)
     autocast = torch.bfloat16 if mllm_dtype == "bfloat16" else None
     torch.manual_seed(seed)
@@ -912,8 +1012,9 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor,
                            cells=cell_target or token_cell_start is not None,
                            balanced_centres=balanced_centres, mark_values=mark_values)  # fmt: skip
+    quota = BRANCH_QUOTA if branches else None
     make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view,
-                        count_mark=count_mark, count_spread=count_spread, count_head=count_head)  # fmt: skip
+                        count_mark=count_mark, count_spread=count_spread, count_head=count_head, branches=quota)  # fmt: skip
     pipeline = TokenPackerPipeline(model, tokenizer, source=str(out))  # for saving checkpoints on the way
 
     if resume_from is not None:
@@ -949,6 +1050,8 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr,
                            log_every=log_every, cell_start=token_cell_start)  # fmt: skip
         pipeline.save_pretrained(out)  # what reaches the LLM, before it trains
+    if not token_cell_stage2:
+        token_head.cells = None  # stage 2's dense probe keeps colour, shape and centres; the cell stays what 1b made it
     inference_attention = model.config._attn_implementation
     model.set_attn_implementation(TRAINING_ATTENTION)
     model.train()
@@ -979,7 +1082,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
         rng = random.Random(seed + 3)
         dense = ExampleMaker(tokenizer, config, max_turns=polish_max_turns, min_turns=polish_min_turns,
                              colour_link=colour_link, count_view=count_view, count_mark=count_mark,
-                             count_spread=count_spread, count_head=count_head)
+                             count_spread=count_spread, count_head=count_head, branches=quota)
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention,
                        count_layer=count_layer)
         times["seconds_stage3"], history, scores = train_mllm(
@@ -991,7 +1094,7 @@ def train(out: Path, steps: int = 1900, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1020,7 +1123,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
                                   lr=lr, betas=(0.9, 0.98))  # fmt: skip
     warmup = warmup or max(1, min(100, steps // 20))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
     )
     start, history, scores, link_masses = time.time(), [], [], []
     for step in range(steps):
@@ -1079,22 +1182,27 @@ def _accuracy_line(batches: list[list[tuple[str, bool]]]) -> str:
     return " ".join(parts)
 
 
+def step_or_off(text: str) -> int | None:
+    """A step number, or 'off' (None)."""
+    return None if text == "off" else int(text)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("assets/default-model"))
-    parser.add_argument("--steps", type=int, default=1900, help="MLLM steps (stage 2)")
+    parser.add_argument("--steps", type=int, default=1250, help="MLLM steps (stage 2)")
     parser.add_argument("--vision-steps", type=int, default=1600, help="dense vision pretraining steps (stage 1)")
     parser.add_argument("--shape-steps", type=int, default=800, help="first stage-1 steps that learn shape alone")
-    parser.add_argument("--projector-steps", type=int, default=1000, help="most dense projector pretraining steps (stage 1b)")
+    parser.add_argument("--projector-steps", type=int, default=1400, help="most dense projector pretraining steps (stage 1b)")
     parser.add_argument("--projector-color-steps", type=int, default=200, help="stage 1b's first steps, on colour alone")
-    parser.add_argument("--warmup-steps", type=int, default=1400, help="first MLLM steps on small canvases")
+    parser.add_argument("--warmup-steps", type=int, default=800, help="first MLLM steps on small canvases")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=8e-4, help="MLLM peak learning rate (2e-3 diverges)")
     parser.add_argument("--vision-lr", type=float, default=1e-3)
     parser.add_argument("--attention-weight", type=float, default=0.5, help="weight of the attention supervision")
     parser.add_argument("--tower-from", type=Path, help="take stage 1's tower from this checkpoint of the recipe")
-    parser.add_argument("--polish-steps", type=int, default=250, help="stage 3: full-range steps on longer conversations")
+    parser.add_argument("--polish-steps", type=int, default=150, help="stage 3: full-range steps on longer conversations")
     parser.add_argument("--polish-lr", type=float, default=2.5e-4, help="stage 3's peak learning rate")
     parser.add_argument("--resume-from", type=Path, help="take stages 1-2 (the whole model) from this checkpoint of the recipe")
     parser.add_argument("--where-weight", type=float, default=1.0, help="stage 2's weight of the `where` read-out (0: none)")
@@ -1130,13 +1238,21 @@ def main(argv=None) -> None:
     parser.add_argument("--count-readout", action="store_true",
                         help="stage 2: the `where` read-out also reads each counting answer from its key word after "
                              "layer 1 (same weight and start)")
-    parser.add_argument("--tower-cell-start", type=int,
-                        help="stage 1: the 3 x 3 cell as a target of the tower's patches alone, from this step on")
-    parser.add_argument("--where-head", action="store_true",
+    parser.add_argument("--tower-cell-start", type=step_or_off, default=1000,
+                        help="stage 1: the 3 x 3 cell as a target of the tower's patches alone, from this step on "
+                             "('off': never)")
+    parser.add_argument("--where-head", action=argparse.BooleanOptionalAction, default=True,
                         help="stage 2: the `where` read-out reads layer 1's head 2 at the key word, and that head is "
-                             "taught the `where` key word's objects")
-    parser.add_argument("--token-cell-start", type=int,
-                        help="stages 1b-2: the object point tokens' cell as a target, in stage 1b from this step on")
+                             "taught the `where` key word's objects (--no-where-head: the key word's hidden state)")
+    parser.add_argument("--token-cell-start", type=step_or_off, default=400,
+                        help="stages 1b-2: the object point tokens' cell as a target, in stage 1b from this step on "
+                             "('off': never)")
+    parser.add_argument("--token-cell-in-stage2", action=argparse.BooleanOptionalAction, default=False,
+                        help="with --token-cell-start: the tokens' cell a target of stage 2's dense probe too (run AG)")
+    parser.add_argument("--branches", action=argparse.BooleanOptionalAction, default=True,
+                        help="stages 2-3: each scene's questions (BRANCH_QUOTA of each type) asked as single-turn branches "
+                             "sharing one visual prefix; --no-branches: one multi-turn conversation a scene (run AB's "
+                             "recipe, with --warmup-steps 1400 --steps 1900 --polish-steps 250)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1147,7 +1263,8 @@ def main(argv=None) -> None:
           count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
           count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
           mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start,
-          where_own_head=args.where_head, token_cell_start=args.token_cell_start)
+          where_own_head=args.where_head, token_cell_start=args.token_cell_start,
+          token_cell_stage2=args.token_cell_in_stage2, branches=args.branches)
 
 
 if __name__ == "__main__":
