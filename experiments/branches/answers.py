@@ -1,0 +1,54 @@
+"""A checkpoint's answers to `evaluate-default`'s held-out questions, saved for pairing later without rerunning it:
+
+    PYTHONPATH=. python experiments/branches/answers.py MODEL OUT.json [--n 1000] [--split standard] [--max-tiles K]
+    PYTHONPATH=. python experiments/branches/answers.py --pair A.json B.json
+
+`--pair` prints each file's accuracy (per type too) and B - A with its paired standard error (as
+experiments/mark-and-readout/paired.py does, from the questions only one of them gets right)."""
+
+import argparse
+import json
+import math
+from collections import defaultdict
+
+
+def pair(path_a: str, path_b: str) -> None:
+    a, b = (json.load(open(path)) for path in (path_a, path_b))
+    assert [r["question"] for r in a["records"]] == [r["question"] for r in b["records"]], "not the same questions"
+    for name, run in (("A", a), ("B", b)):
+        per_type = defaultdict(list)
+        for r in run["records"]:
+            per_type[r["kind"]].append(r["answer"] == r["expected"])
+        total = sum(sum(v) for v in per_type.values()) / len(run["records"])
+        print(f"{name} {run['model']}: {total:.4f} " + " ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(per_type.items())))
+    right_a = [r["answer"] == r["expected"] for r in a["records"]]
+    right_b = [r["answer"] == r["expected"] for r in b["records"]]
+    n = len(right_a)
+    only_a = sum(x and not y for x, y in zip(right_a, right_b))
+    only_b = sum(y and not x for x, y in zip(right_a, right_b))
+    se = math.sqrt(only_a + only_b - (only_b - only_a) ** 2 / n) / n
+    print(f"n {n}  only A right {only_a}  only B right {only_b}  B - A {(only_b - only_a) / n:+.4f}  paired SE {se:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("paths", nargs="+")
+    parser.add_argument("--pair", action="store_true")
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--split", default="standard")
+    parser.add_argument("--max-tiles", type=int)
+    args = parser.parse_args()
+    if args.pair:
+        return pair(*args.paths)
+    from tokenpacker.loading import load
+    from tokenpacker.synthetic.evaluate import answered_questions
+
+    model, out = args.paths
+    records = [{"kind": r.kind, "question": r.question, "expected": r.expected, "answer": r.answer}
+               for r in answered_questions(load(model, device="cpu"), args.split, args.n, args.max_tiles)]  # fmt: skip
+    json.dump({"model": model, "split": args.split, "n": args.n, "max_tiles": args.max_tiles, "records": records},
+              open(out, "w"), indent=0)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
