@@ -107,11 +107,13 @@ class AnswerTargets(NamedTuple):
 
 
 class ExampleMaker:
-    """Scene -> one training conversation: views, grid, token ids and the spans of the answers to learn.
+    """Scene -> one training example: views, grid, token ids and the spans of the answers to learn.
 
-    Several questions about one scene go into one multi-turn conversation (as in LLaVA's training data),
-    so the vision tower and the long visual prefix are paid once for several answers: min_turns to max_turns
-    draws, a question drawn twice asked once."""
+    Several questions about one scene share one pass over the vision tower and the long visual prefix. With
+    `branches` (per question type the most questions a scene is asked, `branch_questions`), each question is its
+    own single-turn conversation after the shared prefix (`AnswerTargets.branches`, trained under
+    `branch_attention`'s mask); min_turns and max_turns are then unused. Without, they go into one multi-turn
+    conversation (as in LLaVA's training data): min_turns to max_turns draws, a question drawn twice asked once."""
 
     def __init__(self, tokenizer: LlamaTokenizer, config: TokenPackerConfig, max_turns: int = 6, min_turns: int = 1,
                  colour_link: bool = False, count_view: str = "tiles", count_mark: str = "centre",
@@ -947,12 +949,13 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
-    training of the projector and the LLM on multi-turn conversations about scenes, the tower frozen: the
+    training of the projector and the LLM on questions about scenes, the tower frozen: the
     answers' loss, the same at each question's key word, the dense probe on the point tokens (`patch_weight`)
     and the attention supervision (`attention_weight`; see `batch_loss`). The first `warmup_steps` use small
     canvases (few views: the LLM learns to find objects among 145-435 visual tokens before it meets 1450).
-    Stage 3: `polish_steps` more on the full range only, at `polish_lr`, each scene asked `polish_min_turns` to
-    `polish_max_turns` questions (duplicates dropped), without the dense probe. `where_weight`: stage 2's weight of
+    Stage 3: `polish_steps` more on the full range only, at `polish_lr`, without the dense probe; without
+    `branches` each scene is asked `polish_min_turns` to `polish_max_turns` questions (duplicates dropped) in one
+    conversation (with `branches`, stage 2's quota; the turn counts are then unused, though training.json lists them). `where_weight`: stage 2's weight of
     the `where` read-out at the key word (`WhereHead`; 0: none), from stage 2's step `where_start` on (before it
     the read-out is neither trained nor trains the LLM). `sincos_position`: the tower's position embedding
     starts as a 2-D sine-cosine table (`sincos_position_embedding`), not CLIP's random one. `cell_target`: the 3 x 3
@@ -1110,7 +1113,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
                lr: float, batch_size: int, split_for_step, weights: dict, log_every: int, tag: str, save, save_every: int,
                warmup: int | None = None, where_head: WhereHead | None = None, where_start: int = 0,
                autocast: torch.dtype | None = torch.bfloat16) -> tuple[float, list, list]:  # fmt: skip
-    """Stages 2 and 3: the projector and the LLM (and the TokenHead and WhereHead, if any) on multi-turn conversations, AdamW, a linear
+    """Stages 2 and 3: the projector and the LLM (and the TokenHead and WhereHead, if any) on scenes' questions, AdamW, a linear
     warm-up (`warmup` steps, by default a 20th of the steps, at most 100) then one cosine to 0 over `steps`; the
     scenes of each step from `split_for_step(step)`, computed under `autocast` (None: float32). Loss: the answers' + the weighted key-word, dense-probe and
     attention and `where` terms (`batch_loss`; the `where` term from step `where_start` on). -> (seconds, per-step loss history, per-step answer scores)."""
@@ -1202,7 +1205,7 @@ def main(argv=None) -> None:
     parser.add_argument("--vision-lr", type=float, default=1e-3)
     parser.add_argument("--attention-weight", type=float, default=0.5, help="weight of the attention supervision")
     parser.add_argument("--tower-from", type=Path, help="take stage 1's tower from this checkpoint of the recipe")
-    parser.add_argument("--polish-steps", type=int, default=150, help="stage 3: full-range steps on longer conversations")
+    parser.add_argument("--polish-steps", type=int, default=150, help="stage 3: full-range steps at a small learning rate")
     parser.add_argument("--polish-lr", type=float, default=2.5e-4, help="stage 3's peak learning rate")
     parser.add_argument("--resume-from", type=Path, help="take stages 1-2 (the whole model) from this checkpoint of the recipe")
     parser.add_argument("--where-weight", type=float, default=1.0, help="stage 2's weight of the `where` read-out (0: none)")
@@ -1245,14 +1248,15 @@ def main(argv=None) -> None:
                         help="stage 2: the `where` read-out reads layer 1's head 2 at the key word, and that head is "
                              "taught the `where` key word's objects (--no-where-head: the key word's hidden state)")
     parser.add_argument("--token-cell-start", type=step_or_off, default=400,
-                        help="stages 1b-2: the object point tokens' cell as a target, in stage 1b from this step on "
-                             "('off': never)")
+                        help="stage 1b: the object point tokens' cell as a target, from this step on ('off': never; "
+                             "in stage 2 too with --token-cell-in-stage2)")
     parser.add_argument("--token-cell-in-stage2", action=argparse.BooleanOptionalAction, default=False,
                         help="with --token-cell-start: the tokens' cell a target of stage 2's dense probe too (run AG)")
     parser.add_argument("--branches", action=argparse.BooleanOptionalAction, default=True,
                         help="stages 2-3: each scene's questions (BRANCH_QUOTA of each type) asked as single-turn branches "
                              "sharing one visual prefix; --no-branches: one multi-turn conversation a scene (run AB's "
-                             "recipe, with --warmup-steps 1400 --steps 1900 --polish-steps 250)")
+                             "recipe with --tower-cell-start off --token-cell-start off --no-where-head "
+                             "--warmup-steps 1400 --steps 1900 --polish-steps 250 --projector-steps 1000)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
