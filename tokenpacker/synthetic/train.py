@@ -6,9 +6,10 @@ CLIP-style tower at 336 px / patch 14 (the real 24 x 24 grid and 336 px HD tiles
 projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece tokenizer; HD slice mode with
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
 the same checkpoint on the same machine. The defaults are run BB's recipe (experiments/branches/README.md), which
-made the shipped checkpoint (assets/default-model/training.log); a clean run of the bare command takes
-REPRO_MINUTES on the project's 2-core CPU. The machine's speed varies by 10-20% from day to day (the earlier recipe
-run Q took 80 minutes on a fast day and about 92 on a slow one: experiments/speed/README.md).
+made the shipped checkpoint (assets/default-model/training.log); a clean run of the bare command gave the same
+weights in 4957 s = 83 minutes on the project's 2-core CPU (experiments/branches/run-bb-repro.txt). The
+machine's speed varies by 10-20% from day to day (the earlier recipe run Q took 80 minutes on a fast day and
+about 92 on a slow one: experiments/speed/README.md).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
