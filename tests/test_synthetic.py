@@ -322,6 +322,25 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert (summary["branches"] is not None) == options.get("branches", True)
 
 
+def test_the_tokens_cell_is_a_stage_2_target_only_when_asked(tmp_path):
+    """With `token_cell_start`, stage 1b teaches the point tokens the object's cell either way; stage 2's dense probe
+    reads it only with `token_cell_stage2` (run AG's), so the two stage-2 checkpoints differ and their stage 1b
+    does not (the same tower and projector before stage 2, by seed)."""
+    from safetensors.torch import load_file
+
+    from tokenpacker.synthetic.train import train
+
+    tiny = {**TINY_RECIPE, "tower_cell_start": 1, "token_cell_start": 1, "polish_steps": 0}
+    for name, in_stage2 in (("off", False), ("on", True)):
+        train(tmp_path / name / "1b", **tiny | {"steps": 0, "warmup_steps": 0}, token_cell_stage2=in_stage2)
+        train(tmp_path / name / "2", **tiny, token_cell_stage2=in_stage2)
+    before, after = ({name: load_file(tmp_path / name / stage / "model.safetensors") for name in ("off", "on")}
+                     for stage in ("1b", "2"))  # fmt: skip
+    assert all(torch.equal(before["off"][k], before["on"][k]) for k in before["off"])
+    projector = [k for k in after["off"] if k.startswith("model.mm_projector.")]
+    assert projector and any(not torch.equal(after["off"][k], after["on"][k]) for k in projector)
+
+
 def test_the_tower_cell_target_can_start_late():
     """`PatchHead(cells=True).loss(with_cells=False)` (stage 1 before `tower_cell_start`) is the loss of a head
     without the cell layer and the same other weights; with the cell it adds the cell's cross-entropy."""

@@ -1054,7 +1054,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
         pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr,
                            log_every=log_every, cell_start=token_cell_start)  # fmt: skip
         pipeline.save_pretrained(out)  # what reaches the LLM, before it trains
-    if not token_cell_stage2:
+    if not (token_cell_stage2 or cell_target):
         token_head.cells = None  # stage 2's dense probe keeps colour, shape and centres; the cell stays what 1b made it
     inference_attention = model.config._attn_implementation
     model.set_attn_implementation(TRAINING_ATTENTION)
@@ -1094,7 +1094,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
             log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10,
             autocast=autocast)  # fmt: skip
     model.set_attn_implementation(inference_attention)
-    recent = _mean_over_steps(history[-log_every:])
+    recent = _mean_over_steps(history[-log_every:]) if history else None  # None: `steps=0`, stopped after stage 1b
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
@@ -1103,7 +1103,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
                "torch": torch.__version__, "seconds_total": round(time.time() - started), **times,
-               "final_answer_loss": round(float(recent[0]), 4), "final_patch_loss": round(float(recent[1]), 4),
+               "final_answer_loss": None if recent is None else round(float(recent[0]), 4),
+               "final_patch_loss": None if recent is None else round(float(recent[1]), 4),
                "final_train_accuracy": _accuracy_line(scores[-log_every:])}  # fmt: skip
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
