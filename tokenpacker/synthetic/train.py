@@ -676,14 +676,12 @@ def branch_attention(rows: list[tuple[int, list[tuple[int, int]]]], length: int)
     positions = torch.arange(length).repeat(len(rows), 1)
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     for i, (used, branches) in enumerate(rows):
-        prefix = branches[0][0] if branches else used
+        prefix = branches[0][0] if branches else used  # without branches the whole sequence is one causal prefix
         allowed[i, :prefix, :prefix] = causal[:prefix, :prefix]
         for start, end in branches:
             allowed[i, start:end, :prefix] = True
             allowed[i, start:end, start:end] = causal[: end - start, : end - start]
             positions[i, start:end] = torch.arange(prefix, prefix + end - start)
-        if not branches:
-            allowed[i, :used, :used] = causal[:used, :used]
         allowed[i, used:, used:] = torch.eye(length - used, dtype=torch.bool)
     return allowed[:, None], positions
 
@@ -710,7 +708,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, places, tallies, where_rows, spread_rows, offset = [], [], [], [], [], [], [], [], 0
-    shifts = []
+    branched = []  # per row its length and its branches' sequence positions (`branch_attention`)
     count_name = (count_layer, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
     where_name = (KEY_LAYER, where_head.head) if where_head is not None and where_head.head is not None else None
     supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: [], count_name: []}  # layer (head 0) or
@@ -723,7 +721,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         offset += count
         embeds = model.build_inputs_embeds(torch.tensor(ids), visual)[0]
         shift = visual.shape[0] - 1  # the placeholder became len(visual) embeddings
-        shifts.append(shift)
+        branched.append((embeds.shape[0], [(start + shift, end + shift) for start, end in taught.branches]))
         labels = torch.full((embeds.shape[0],), -100)
         for start, end, kind in taught.spans:
             labels[start + shift : end + shift] = torch.tensor(ids[start:end])
@@ -748,8 +746,6 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     labels = torch.full((len(sequences), length), -100)
     for i, (s, t) in enumerate(zip(sequences, targets)):
         padded[i, : len(s)], labels[i, : len(t)] = s, t
-    branched = [(len(s), [(a + shift, b + shift) for a, b in taught.branches])
-                for s, (_, _, taught, _), shift in zip(sequences, examples, shifts)]  # fmt: skip
     attention_mask, position_ids = branch_attention(branched, length) if any(b for _, b in branched) else (None, None)
     read_counts = where_head is not None and where_head.counts is not None and bool(tallies)
     read_where, after_key_layer = where_head is not None and bool(places), {}
@@ -982,8 +978,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`).
     `branches`: stages 2 and 3 ask each scene up to BRANCH_QUOTA questions of each type, each as its own single-turn
-    conversation after one shared prefix (`ExampleMaker(branches=)`, `branch_attention`): about 15 answers a scene
-    instead of 1-8 (stage 3: 4-12) turns of one conversation, for ~1.5x the time of a step (experiments/branches).
+    conversation after one shared prefix (`ExampleMaker(branches=)`, `branch_attention`): about 13 answers a scene
+    instead of 1-8 (stage 3: 4-12) turns of one conversation, for ~1.6x the time of a step (experiments/branches).
     `mllm_dtype`: stages 2 and 3 compute under bfloat16 autocast (the recipe, bit-reproducible) or in float32, 8x
     faster on a CPU without native bfloat16 but not bit-reproducible (two runs differ by ~1e-9 after a few steps);
     "auto" takes float32 where `cpu_does_bfloat16()` is False.
