@@ -12,7 +12,7 @@ import torch
 import tokenpacker
 from tokenpacker.layout import build_layout
 from tokenpacker.loading import DEFAULT_MODEL
-from tokenpacker.synthetic.evaluate import EVAL_SEED, answered_questions, evaluate
+from tokenpacker.synthetic.evaluate import EVAL_SEED, answered_questions, evaluate, evaluation_questions
 from tokenpacker.synthetic.scenes import (
     COLORS, QUESTION_TYPES, SHAPES, SPLITS, Scene, SceneObject, cell_name, questions, random_scene, sample_question,
 )  # fmt: skip
@@ -250,6 +250,8 @@ def test_evaluate_reports_per_type_accuracy(default_model):
     assert set(report["per_type"]) <= set(QUESTION_TYPES)
     records = list(answered_questions(default_model, "standard", n=12, seed=EVAL_SEED + 1))
     assert len(records) == 12 and all(r.grounding_ratio is None for r in records)
+    drawn = list(evaluation_questions("standard", n=12, seed=EVAL_SEED + 1))  # the same draw, without the model
+    assert [(r.scene, r.kind, r.question, r.expected, r.target) for r in records] == drawn
     for kind, accuracy in report["per_type"].items():  # the report is the records summed up
         answers = [r.correct for r in records if r.kind == kind]
         assert len(answers) == report["per_type_n"][kind] and np.mean(answers) == accuracy

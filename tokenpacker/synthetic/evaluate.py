@@ -4,8 +4,8 @@
 
 Scenes come from a seed never used in training; question types are cycled, and a type that cannot be asked
 about a scene falls back to another one (`sample_question`), so the per-type counts differ a little; the report
-lists each. `answered_questions` yields every question with its scene and answer, for breakdowns; `evaluate`
-sums them up. An answer is correct when the generated text equals the expected answer exactly.
+lists each. `evaluation_questions` draws them; `answered_questions` yields every question with its scene and
+answer, for breakdowns; `evaluate` sums them up. An answer is correct when the generated text equals the expected answer exactly.
 Grounding (for "What color is the {shape}?"): the composed attention map (answer attention of the whole
 answer, averaged over all layers, head mean, pushed through the region-to-point weights and splatted on
 the original image) has a share inside the target object's box at least 3x the box's share of the image.
@@ -53,15 +53,20 @@ class AnsweredQuestion:
         return self.answer == self.expected
 
 
-def answered_questions(pipeline, split: str = "standard", n: int = 200, max_tiles: int | None = None,
-                       seed: int = EVAL_SEED, grounding: bool = False):  # fmt: skip
-    """The evaluation's n questions, one AnsweredQuestion each, in order (greedy answers, at most 6 tokens)."""
+def evaluation_questions(split: str = "standard", n: int = 200, seed: int = EVAL_SEED, grounding: bool = False):
+    """The evaluation's n (scene, type asked, question, expected answer, target object), in order, without a model."""
     rng = random.Random(seed)
-    settings = SamplingSettings(max_new_tokens=6, num_alternatives=0)
     for i in range(n):
         scene = random_scene(rng, **SPLITS[split])
         kind = "color" if grounding else QUESTION_TYPES[i % len(QUESTION_TYPES)]
-        asked_kind, question, expected, target = sample_question(scene, rng, kind)
+        yield scene, *sample_question(scene, rng, kind)
+
+
+def answered_questions(pipeline, split: str = "standard", n: int = 200, max_tiles: int | None = None,
+                       seed: int = EVAL_SEED, grounding: bool = False):  # fmt: skip
+    """The evaluation's n questions, one AnsweredQuestion each, in order (greedy answers, at most 6 tokens)."""
+    settings = SamplingSettings(max_new_tokens=6, num_alternatives=0)
+    for scene, asked_kind, question, expected, target in evaluation_questions(split, n, seed, grounding):
         answer = pipeline.ask(scene.render(), question, settings=settings, max_tiles=max_tiles, capture=grounding)
         ratio = grounding_ratio(answer.trace, target.box) if grounding and asked_kind == "color" else None
         yield AnsweredQuestion(scene, asked_kind, question, expected, answer.text, target, ratio)
