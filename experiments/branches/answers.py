@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python experiments/branches/answers.py MODEL OUT.json [--n 1000] [--split standard] [--max-tiles K]
     PYTHONPATH=. python experiments/branches/answers.py --pair A.json B.json
+    PYTHONPATH=. python experiments/branches/answers.py --errors A.json
 
 `--pair` prints each file's accuracy (per type too) and B - A with its paired standard error (as
 experiments/mark-and-readout/paired.py does, from the questions only one of them gets right)."""
@@ -9,7 +10,7 @@ experiments/mark-and-readout/paired.py does, from the questions only one of them
 import argparse
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 
 def pair(path_a: str, path_b: str) -> None:
@@ -30,16 +31,28 @@ def pair(path_a: str, path_b: str) -> None:
     print(f"n {n}  only A right {only_a}  only B right {only_b}  B - A {(only_b - only_a) / n:+.4f}  paired SE {se:.4f}")
 
 
+def errors(path: str) -> None:
+    """Per question type, the number of wrong answers and the commonest (expected -> answer) confusions."""
+    records = json.load(open(path))["records"]
+    for kind in sorted({r["kind"] for r in records}):
+        wrong = Counter((r["expected"], r["answer"]) for r in records if r["kind"] == kind and r["answer"] != r["expected"])
+        top = ", ".join(f"{e} -> {a} {k}" for (e, a), k in wrong.most_common(6))
+        print(f"{kind}: {sum(wrong.values())} wrong of {sum(r['kind'] == kind for r in records)}; {top}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("paths", nargs="+")
     parser.add_argument("--pair", action="store_true")
+    parser.add_argument("--errors", action="store_true")
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--split", default="standard")
     parser.add_argument("--max-tiles", type=int)
     args = parser.parse_args()
     if args.pair:
         return pair(*args.paths)
+    if args.errors:
+        return errors(*args.paths)
     from tokenpacker.loading import load
     from tokenpacker.synthetic.evaluate import answered_questions
 
