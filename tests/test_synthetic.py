@@ -273,7 +273,7 @@ NO_CELL = dict(tower_cell_start=None, token_cell_start=None, where_own_head=Fals
 @pytest.mark.parametrize("options", [dict(tower_cell_start=1, token_cell_start=1),
                                      dict(where_weight=0.0, sincos_position=False, count_mark="centre", branches=False,
                                           **NO_CELL),
-                                     dict(cell_target=True, colour_link=True, balanced_centres=True, count_head=True,
+                                     dict(cell_target=True, colour_link=True, link_head=3, balanced_centres=True, count_head=True,
                                           count_readout=True, **NO_CELL),
                                      dict(tower_cell_start=1, token_cell_start=1, token_cell_stage2=True)],
                          ids=["default-cells-from-step-1", "run-q-recipe", "cell-colour-link-balanced-centres-count-head-readout",
@@ -284,7 +284,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     taken from a checkpoint that stopped before stage 3 (`resume_from`); by default (run BB's recipe: the `where`
     read-out on a head of its own, the sine-cosine position start, first-patch count marks, questions as branches,
     the cell for the tower and the tokens, here from stage 1's and 1b's second step), by run Q's recipe (none of
-    these), with the cell target, the colour link (run W's), the balanced centre terms, the count head and the count
+    these), with the cell target, the colour link (run W's, here on layer 0's head 3), the balanced centre terms, the count head and the count
     read-out, and with the tokens' cell in stage 2's dense probe too (run AG's)."""
     from safetensors.torch import load_file
 
@@ -315,6 +315,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["cell_target"] == options.get("cell_target", False)
     assert summary["count_head"] == options.get("count_head", False)
     assert summary["colour_link"] == options.get("colour_link", False)
+    assert summary["link_head"] == options.get("link_head", 0)
     assert summary["balanced_centres"] == options.get("balanced_centres", False)
     assert summary["mllm_dtype"] == "bfloat16"
     assert summary["tower_cell_start"] == options["tower_cell_start"]
@@ -755,10 +756,10 @@ def test_the_where_read_out_can_read_a_head_of_its_own(task_tokenizer):
 
 def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
     """With `colour_link`, each `where`/`exists` question gives (its key word, the colour word's last piece), and
-    `batch_loss` supervises head 0 of layer COLOUR_LINK_LAYER there (its mass logged); without, no links and the
-    losses are the same as before."""
+    `batch_loss` supervises head 0 of layer COLOUR_LINK_LAYER there (its mass logged), or with `link_head` that head;
+    without, no links and the losses are the same as before."""
     from tokenpacker.modeling import TokenPackerForCausalLM
-    from tokenpacker.synthetic.train import COLOUR_LINK_LAYER, TRAINING_ATTENTION, batch_loss
+    from tokenpacker.synthetic.train import COLOUR_LINK_LAYER, TRAINING_ATTENTION, batch_loss, train
 
     config = default_config(task_tokenizer)
     plain, linked = (ExampleMaker(task_tokenizer, config, max_turns=8, colour_link=flag) for flag in (False, True))
@@ -788,8 +789,19 @@ def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
         without = batch_loss(model, None, [same for _, same in examples])
     assert COLOUR_LINK_LAYER in with_links[5] and COLOUR_LINK_LAYER not in without[5]
     assert 0 < with_links[5][COLOUR_LINK_LAYER] < 1 and with_links[3] > without[3]
+    assert with_links[5]["link"] == with_links[5][COLOUR_LINK_LAYER] and np.isnan(without[5]["link"])
     for i in (0, 1, 4):  # answer, key-word and where terms: untouched
         torch.testing.assert_close(with_links[i], without[i])
+    # `link_head`: the same links taught to another head of the layer; head 0's mass is no longer asked for
+    with torch.no_grad():
+        head_1 = batch_loss(model, None, [linked for linked, _ in examples], link_head=1)
+    assert (COLOUR_LINK_LAYER, 1) in head_1[5] and COLOUR_LINK_LAYER not in head_1[5]
+    assert head_1[5]["link"] == head_1[5][(COLOUR_LINK_LAYER, 1)] != with_links[5]["link"]
+    assert head_1[3] != with_links[3]
+    for i in (0, 1, 4):
+        torch.testing.assert_close(head_1[i], without[i])
+    with pytest.raises(ValueError, match="needs colour_link"):
+        train(Path("unused"), link_head=1)
 
 
 def test_the_where_key_words_attention_loss_can_weigh_more(task_tokenizer, monkeypatch):

@@ -98,7 +98,8 @@ class AnswerTargets(NamedTuple):
     rows: list  # per key word found: (the position predicting the answer's first informative token, the key word's)
     places: list  # per `where` question: (key word's position, the answer's row index in ROWS, column in COLUMNS)
     links: list  # per `where` / `exists` question, with `colour_link` only: (key word's position, the colour word's
-    #              last piece's position), which layer COLOUR_LINK_LAYER's head 0 is taught to attend to
+    #              last piece's position), which layer COLOUR_LINK_LAYER's head (`batch_loss`'s link_head) is taught
+    #              to attend to
     spread: tuple = ()  # with `count_spread`: the counting key words' positions, whose targets (<s> and one mark
     #                     token per object) are taught as an even spread of the attention, not as a mass
     counts: tuple = ()  # with `count_head`: per counting key word, (its position, <s> and its n marks' positions),
@@ -584,7 +585,8 @@ class WhereHead(torch.nn.Module):
 
 TRAINING_ATTENTION = "tokenpacker_training_sdpa"
 KEY_LAYER, ANSWER_LAYER = 1, 2  # where head 0 is taught to find the key word's objects / the answer its key word
-COLOUR_LINK_LAYER = 0  # with `colour_link`: where head 0 is taught to bring a `where`/`exists` key word its colour word
+COLOUR_LINK_LAYER = 0  # with `colour_link`: where a head (0 unless told) is taught to bring a `where`/`exists` key
+#                       word its colour word
 MAX_COUNT = 5  # the largest answer to a counting question (1-5 objects in a scene)
 COUNT_HEAD = 1  # with `count_head`: the head (of layer KEY_LAYER unless told) taught counting's even spread over <s>
 #                and the marks
@@ -687,12 +689,13 @@ def branch_attention(rows: list[tuple[int, list[tuple[int, int]]]], length: int)
 
 
 def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples, where_head: WhereHead | None = None,
-               where_attention: float = 1.0, count_layer: int = KEY_LAYER):  # fmt: skip
+               where_attention: float = 1.0, count_layer: int = KEY_LAYER, link_head: int = 0):  # fmt: skip
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts (examples with `branches` get the attention mask and positions of `branch_attention`); the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
     layer KEY_LAYER, the `where` key words' rows weighted `where_attention`; answer -> key word in ANSWER_LAYER;
-    key word -> colour word in COLOUR_LINK_LAYER for the examples' links; head 0; and, for the examples' `counts`,
+    key word -> colour word in COLOUR_LINK_LAYER for the examples' links, in head `link_head` (its mean mass under
+    "link"); head 0 for the rest; and, for the examples' `counts`,
     counting's key word -> an even spread over <s> and its marks in layer `count_layer`'s head COUNT_HEAD) with the
     mean mass on target per layer (the count head's under (count_layer, COUNT_HEAD)) and, under "where", the
     `where` key words' mean mass in KEY_LAYER (nan without `where` questions);
@@ -711,7 +714,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     branched = []  # per row its length and its branches' sequence positions (`branch_attention`)
     count_name = (count_layer, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
     where_name = (KEY_LAYER, where_head.head) if where_head is not None and where_head.head is not None else None
-    supervised = {COLOUR_LINK_LAYER: [], KEY_LAYER: [], ANSWER_LAYER: [], count_name: []}  # layer (head 0) or
+    link_name = COLOUR_LINK_LAYER if link_head == 0 else (COLOUR_LINK_LAYER, link_head)  # the colour link's head
+    supervised = {link_name: [], KEY_LAYER: [], ANSWER_LAYER: [], count_name: []}  # layer (head 0) or
     #                                           (layer, head) -> [(row, query position, target positions)]
     if where_name is not None:  # the `where` key words' own head, taught their objects as head 0 is
         supervised[where_name] = []
@@ -737,7 +741,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         supervised[ANSWER_LAYER] += [(len(sequences), query + shift, np.array([key + shift])) for query, key in taught.rows]
         places += [(len(sequences), key + shift, row, column) for key, row, column in taught.places]
         tallies += [(len(sequences), key + shift, n) for key, n in taught.tallies]
-        supervised[COLOUR_LINK_LAYER] += [(len(sequences), key + shift, np.array([colour + shift])) for key, colour in taught.links]
+        supervised[link_name] += [(len(sequences), key + shift, np.array([colour + shift])) for key, colour in taught.links]
         supervised[count_name] += [(len(sequences), key + shift, spread_over) for key, spread_over in taught.counts]
         sequences.append(embeds)
         targets.append(labels)
@@ -777,6 +781,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
                  for layer, rows in supervised.items() if rows}  # fmt: skip
     attention_loss = sum((loss for loss, _ in attention.values()), logits.sum() * 0)
     masses = {layer: mass for layer, (_, mass) in attention.items()}
+    masses["link"] = masses.get(link_name, np.nan)  # the colour link's mean mass, whichever head it is taught to
     masses["where"] = np.nan  # the `where` key words' own mean mass in KEY_LAYER, for the log
     if any(where_rows):
         chosen = torch.tensor(where_rows, dtype=torch.bool)
@@ -936,7 +941,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 150, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 1.0,
           where_start: int = 0, sincos_position: bool = True, cell_target: bool = False,
-          colour_link: bool = False, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
+          colour_link: bool = False, link_head: int = 0, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
           count_spread: bool = False, count_head: bool = False, count_layer: int = KEY_LAYER,
           mark_values: bool = False, count_readout: bool = False,
@@ -964,8 +969,9 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     with `cell_target`; without `token_cell_stage2` the cell in the tokens is what stage 1b made it, and what the
     `where` read-out's gradient adds: in run AG, where stage 2's probe had it, it took colour's place).
     `where_own_head`: stage 2's `where` read-out reads layer KEY_LAYER's head WHERE_HEAD at the key word, and that
-    head is taught the `where` key word's attention target (`WhereHead(head=)`). `colour_link`: stages 2 and 3 also teach head 0 of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its
-    colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
+    head is taught the `where` key word's attention target (`WhereHead(head=)`). `colour_link`: stages 2 and 3 also teach head
+    `link_head` of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its colour word
+    (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
     `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
     `count_view`: where stages 2 and 3 teach counting's key word to find the centre tokens ("tiles" or "global";
     `attention_target`). `balanced_centres`: the tower's (stage 1) and the point tokens' (stages 1b and 2) object-centre
@@ -992,6 +998,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
         raise ValueError("count_readout needs where_weight > 0: the count read-out shares the `where` read-out's term")
     if where_own_head and (not where_weight or count_readout):
         raise ValueError("where_own_head is where the `where` read-out reads: it needs where_weight > 0 and no count_readout")
+    if link_head and not colour_link:
+        raise ValueError("link_head is the head the colour link is taught to: it needs colour_link")
     if cell_target and token_cell_start is not None:
         raise ValueError("token_cell_start is the tokens' cell in a plain stage 1b; cell_target balances stage 1b's terms "
                          "(token_cell_start=None, --token-cell-start off)")
@@ -1065,7 +1073,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
             return WARMUP_SPLIT if step < warmup_steps else full_range(rng)
 
         weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight,
-                       where_attention=where_attention, count_layer=count_layer)
+                       where_attention=where_attention, count_layer=count_layer, link_head=link_head)
         head_size = config.text_config.hidden_size // config.text_config.num_attention_heads
         where_head = (WhereHead(head_size, head=WHERE_HEAD) if where_own_head
                       else WhereHead(config.text_config.hidden_size, counts=count_readout)) if where_weight else None  # fmt: skip
@@ -1084,7 +1092,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
                              colour_link=colour_link, count_view=count_view, count_mark=count_mark,
                              count_spread=count_spread, count_head=count_head, branches=quota)
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention,
-                       count_layer=count_layer)
+                       count_layer=count_layer, link_head=link_head)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
             log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10,
@@ -1094,7 +1102,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1133,7 +1141,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):  # disabled: float32
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
                 model, token_head, examples, where_head, weights.get("where_attention", 1.0),
-                weights.get("count_layer", KEY_LAYER))
+                weights.get("count_layer", KEY_LAYER), weights.get("link_head", 0))
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
         if step >= where_start:  # before it the WhereHead gets no gradient (AdamW skips it) and the LLM none from it
             loss = loss + weights["where"] * where_loss
@@ -1146,7 +1154,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
                         masses.get(KEY_LAYER, np.nan), masses.get(ANSWER_LAYER, np.nan), where_loss.item(),
                         masses.get((weights.get("count_layer", KEY_LAYER), COUNT_HEAD), np.nan),
                         masses.get((KEY_LAYER, WHERE_HEAD), np.nan)))  # fmt: skip
-        link_masses.append(masses.get(COLOUR_LINK_LAYER, np.nan))  # nan: no link in the batch (or links off)
+        link_masses.append(masses["link"])  # nan: no link in the batch (or links off)
         scores.append(batch_scores)
         if (step + 1) % log_every == 0:
             recent = _mean_over_steps(history[-log_every:])
@@ -1217,6 +1225,7 @@ def main(argv=None) -> None:
                              "bfloat16, not bit-reproducible); auto: float32 on such a CPU")
     parser.add_argument("--colour-link", action="store_true",
                         help="stages 2-3 teach layer 0 to bring a `where` / `exists` key word its colour word")
+    parser.add_argument("--link-head", type=int, default=0, help="with --colour-link: the head of layer 0 taught it")
     parser.add_argument("--count-view", choices=["tiles", "global"], default="tiles",
                         help="stages 2-3: the view whose centre tokens counting's key word is taught to find")
     parser.add_argument("--where-attention", type=float, default=1.0,
@@ -1261,7 +1270,7 @@ def main(argv=None) -> None:
           attention_weight=args.attention_weight, tower_from=args.tower_from, polish_steps=args.polish_steps,
           polish_lr=args.polish_lr, resume_from=args.resume_from, where_weight=args.where_weight,
           where_start=args.where_start, sincos_position=args.position_start == "sincos", cell_target=args.cell_target,
-          colour_link=args.colour_link, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
+          colour_link=args.colour_link, link_head=args.link_head, mllm_dtype=args.mllm_dtype, where_attention=args.where_attention,
           count_view=args.count_view, balanced_centres=args.balanced_centres, count_mark=args.count_mark,
           count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
           mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start,
