@@ -172,6 +172,7 @@ def test_chat_look_inside_click_and_download(browser, default_app, tmp_path):
     page.wait_for_timeout(1500)
     _open_tab(page, "Heatmap")
     _plot_ready(page, "#heat-plot")
+    page.locator("#heat-plot").get_by_text("word").first.wait_for(timeout=30_000)  # the click's redraw (slow when busy)
     assert "word" in page.locator("#heat-plot").inner_text()
     _shot(page, "04-word-heatmap")
 
