@@ -5,11 +5,13 @@
 CLIP-style tower at 336 px / patch 14 (the real 24 x 24 grid and 336 px HD tiles), the TokenPacker
 projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece tokenizer; HD slice mode with
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
-the same checkpoint on the same machine. The defaults are run BB's recipe (experiments/branches/README.md), which
-made the shipped checkpoint (assets/default-model/training.log); a clean run of the bare command gave the same
-weights in 4957 s = 83 minutes on the project's 2-core CPU (experiments/branches/run-bb-repro.txt). The
-machine's speed varies by 10-20% from day to day (the earlier recipe run Q took 80 minutes on a fast day and
-about 92 on a slow one: experiments/speed/README.md).
+the same checkpoint on the same machine. The defaults are run BD's recipe (experiments/link-full-range/README.md),
+which made the shipped checkpoint (assets/default-model/training.log): run BB's plus the colour link on layer 0's
+head 1, and stage 2's full range from step 600 instead of 800. BD was trained on BB's tower (`--tower-from`, which
+gives the same weights as a full run) in 968 s (BB's stage 1) + 4208 s = 86 minutes on the project's 2-core CPU,
+on a slow day. The bare command was not rerun for BD; for BB it gave BB's weights byte for byte in 4957 s = 83
+minutes (experiments/branches/run-bb-repro.txt). The machine's speed varies by 10-20% from day to day (the earlier recipe
+run Q took 80 minutes on a fast day and about 92 on a slow one: experiments/speed/README.md).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
@@ -28,10 +30,12 @@ its first patch in reading order (`--count-mark first`, run Z, experiments/first
 (experiments/branches) each scene's questions are trained as separate single-turn branches after one shared visual
 prefix (`--branches`), the object's 3x3 cell is taught to the tower from stage 1's step 1000 and to the point tokens
 from stage 1b's step 400 (`--tower-cell-start`, `--token-cell-start`; not in stage 2, `--no-token-cell-in-stage2`),
-and the `where` read-out reads a head of its own (`--where-head`, run AG, experiments/where-head). `--no-branches
---tower-cell-start off --token-cell-start off --no-where-head --warmup-steps 1400 --steps 1900 --polish-steps 250
---projector-steps 1000` gives run AB's recipe, shipped before it. The other options (`--cell-target`,
-`--colour-link`, `--count-spread`, ...) are off by default: the runs that had them were not shipped."""
+and the `where` read-out reads a head of its own (`--where-head`, run AG, experiments/where-head). Since run BD
+(experiments/link-full-range) layer 0's head 1 is taught to bring each `where` / `exists` key word its colour word
+(`--colour-link`, run BC). `--no-colour-link --warmup-steps 800` gives run BB's recipe, shipped before BD;
+`--no-colour-link --no-branches --tower-cell-start off --token-cell-start off --no-where-head --warmup-steps 1400
+--steps 1900 --polish-steps 250 --projector-steps 1000` run AB's, shipped before BB. The other options
+(`--cell-target`, `--count-spread`, ...) are off by default: the runs that had them were not shipped."""
 
 import argparse
 import json
@@ -936,12 +940,12 @@ WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # f
 
 
 def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: int = 800, projector_steps: int = 1400, projector_color_steps: int = 200,
-          warmup_steps: int = 800, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
+          warmup_steps: int = 600, seed: int = TRAIN_SEED, batch_size: int = 8, lr: float = 8e-4, vision_lr: float = 1e-3, small_share: float = 0.25,
           patch_weight: float = 0.3, key_weight: float = 1.0, attention_weight: float = 0.5, max_turns: int = 8, log_every: int = 25,
           save_every: int = 250, tower_from: Path | None = None, polish_steps: int = 150, polish_lr: float = 2.5e-4,
           polish_min_turns: int = 4, polish_max_turns: int = 12, resume_from: Path | None = None, where_weight: float = 1.0,
           where_start: int = 0, sincos_position: bool = True, cell_target: bool = False,
-          colour_link: bool = False, link_head: int = 0, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
+          colour_link: bool = True, link_head: int | None = None, mllm_dtype: str = "bfloat16", where_attention: float = 1.0,
           count_view: str = "tiles", balanced_centres: bool = False, count_mark: str = "first",
           count_spread: bool = False, count_head: bool = False, count_layer: int = KEY_LAYER,
           mark_values: bool = False, count_readout: bool = False,
@@ -970,8 +974,9 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     `where` read-out's gradient adds: in run AG, where stage 2's probe had it, it took colour's place).
     `where_own_head`: stage 2's `where` read-out reads layer KEY_LAYER's head WHERE_HEAD at the key word, and that
     head is taught the `where` key word's attention target (`WhereHead(head=)`). `colour_link`: stages 2 and 3 also teach head
-    `link_head` of layer `COLOUR_LINK_LAYER` to bring each `where` / `exists` key word its colour word
-    (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the examples are the same.
+    `link_head` of layer `COLOUR_LINK_LAYER` (None: head 1, run BD's; 0 without the link) to bring each `where` /
+    `exists` key word its colour word (`ExampleMaker(colour_link=True)`, `batch_loss`); it adds links only, so the
+    examples are the same.
     `where_attention`: in stages 2 and 3 the `where` key words' attention loss weighs this much (the others' 1).
     `count_view`: where stages 2 and 3 teach counting's key word to find the centre tokens ("tiles" or "global";
     `attention_target`). `balanced_centres`: the tower's (stage 1) and the point tokens' (stages 1b and 2) object-centre
@@ -998,7 +1003,9 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
         raise ValueError("count_readout needs where_weight > 0: the count read-out shares the `where` read-out's term")
     if where_own_head and (not where_weight or count_readout):
         raise ValueError("where_own_head is where the `where` read-out reads: it needs where_weight > 0 and no count_readout")
-    if link_head and not colour_link:
+    if link_head is None:
+        link_head = 1 if colour_link else 0
+    elif link_head and not colour_link:
         raise ValueError("link_head is the head the colour link is taught to: it needs colour_link")
     if cell_target and token_cell_start is not None:
         raise ValueError("token_cell_start is the tokens' cell in a plain stage 1b; cell_target balances stage 1b's terms "
@@ -1204,7 +1211,7 @@ def main(argv=None) -> None:
     parser.add_argument("--shape-steps", type=int, default=800, help="first stage-1 steps that learn shape alone")
     parser.add_argument("--projector-steps", type=int, default=1400, help="most dense projector pretraining steps (stage 1b)")
     parser.add_argument("--projector-color-steps", type=int, default=200, help="stage 1b's first steps, on colour alone")
-    parser.add_argument("--warmup-steps", type=int, default=800, help="first MLLM steps on small canvases")
+    parser.add_argument("--warmup-steps", type=int, default=600, help="first MLLM steps on small canvases")
     parser.add_argument("--seed", type=int, default=TRAIN_SEED)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=8e-4, help="MLLM peak learning rate (2e-3 diverges)")
@@ -1223,9 +1230,9 @@ def main(argv=None) -> None:
     parser.add_argument("--mllm-dtype", choices=["auto", "bfloat16", "float32"], default="bfloat16",
                         help="stages 2-3: bfloat16 autocast (the recipe) or float32 (8x faster on a CPU without native "
                              "bfloat16, not bit-reproducible); auto: float32 on such a CPU")
-    parser.add_argument("--colour-link", action="store_true",
+    parser.add_argument("--colour-link", action=argparse.BooleanOptionalAction, default=True,
                         help="stages 2-3 teach layer 0 to bring a `where` / `exists` key word its colour word")
-    parser.add_argument("--link-head", type=int, default=0, help="with --colour-link: the head of layer 0 taught it")
+    parser.add_argument("--link-head", type=int, help="with --colour-link: the head of layer 0 taught it (default 1)")
     parser.add_argument("--count-view", choices=["tiles", "global"], default="tiles",
                         help="stages 2-3: the view whose centre tokens counting's key word is taught to find")
     parser.add_argument("--where-attention", type=float, default=1.0,
