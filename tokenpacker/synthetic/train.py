@@ -7,11 +7,11 @@ projector at s = 2 (144 tokens per view), a small LLaMA and a sentencepiece toke
 patch_num 9. Everything is seeded (scenes, their noise, the model's initialisation): the same command gives
 the same checkpoint on the same machine. The defaults are run BD's recipe (experiments/link-full-range/README.md),
 which made the shipped checkpoint (assets/default-model/training.log): run BB's plus the colour link on layer 0's
-head 1, and stage 2's full range from step 600 instead of 800. BD was trained on BB's tower (`--tower-from`, which
-gives the same weights as a full run) in 968 s (BB's stage 1) + 4208 s = 86 minutes on the project's 2-core CPU,
-on a slow day. The bare command was not rerun for BD; for BB it gave BB's weights byte for byte in 4957 s = 83
-minutes (experiments/branches/run-bb-repro.txt). The machine's speed varies by 10-20% from day to day (the earlier recipe
-run Q took 80 minutes on a fast day and about 92 on a slow one: experiments/speed/README.md).
+head 1, and stage 2's full range from step 600 instead of 800. BD was trained on BB's tower (`--tower-from`) in
+968 s (BB's stage 1) + 4208 s = 86 minutes on a slow day; a clean run of the bare command gave the same weights, byte
+for byte, in 4574 s = 76 minutes on the project's 2-core CPU (experiments/link-full-range/run-bd-repro.txt). The
+machine's speed varies by 10-20% from day to day (the earlier recipe run Q took 80 minutes on a fast day and about
+92 on a slow one: experiments/speed/README.md).
 
 Stage 1 teaches the tower dense patch features: shape alone first, through an MLP read-out; then colour and
 object centre per patch as well. Stage 1b freezes the tower and teaches the projector to carry colour, then shape
