@@ -73,6 +73,20 @@ def task_tokenizer(tmp_path_factory):
                                             hard_vocab_limit=False)  # fmt: skip
 
 
+def test_the_shipped_tokenizer_is_the_recipes_wherever_it_is_saved(task_tokenizer, tmp_path):
+    """The recipe's tokenizer trained again, in another directory, has the shipped tokenizer.model's bytes: the file
+    records no output path (sentencepiece's `model_prefix`), so `--out` does not change the checkpoint."""
+    again = tokenpacker.LlamaTokenizer.train(tokenizer_corpus(), tmp_path / "elsewhere", vocab_size=500,
+                                             hard_vocab_limit=False)  # fmt: skip
+    from sentencepiece import sentencepiece_model_pb2
+
+    shipped = (DEFAULT_MODEL / "tokenizer.model").read_bytes()
+    assert task_tokenizer.model_file.read_bytes() == again.model_file.read_bytes() == shipped
+    model = sentencepiece_model_pb2.ModelProto.FromString(shipped)
+    assert not model.trainer_spec.HasField("model_prefix") and len(model.pieces) == 500
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["tokenizer.model", "tokenizer_config.json"]
+
+
 def test_key_words():
     assert key_word("color", "What color is the triangle?") == "triangle"
     assert key_word("shape", "What shape is the red object?") == "red"

@@ -8,6 +8,7 @@ identical to the reference, including the two details that matter for TokenPacke
   every text chunk, including the chunk that follows the image placeholder.
 """
 
+import io
 import json
 from pathlib import Path
 
@@ -74,17 +75,20 @@ class LlamaTokenizer:
     @classmethod
     def train(cls, lines: list[str], directory: str | Path, vocab_size: int = 400, **options) -> "LlamaTokenizer":
         """Train a LLaMA-style tokenizer (BPE, byte fallback, digits split, <unk>=0 <s>=1 </s>=2, identity
-        normalisation, dummy prefix) on `lines` and save it as `directory`/tokenizer.model."""
+        normalisation, dummy prefix) on `lines` and save it as `directory`/tokenizer.model. The model is written
+        through `model_writer`, so the file does not record `directory` (sentencepiece would keep a `model_prefix`
+        path in it): the same lines give the same bytes wherever they are saved."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_prefix=str(directory / "tokenizer"), model_type="bpe",
+            sentence_iterator=iter(lines), model_writer=model, model_type="bpe",
             vocab_size=vocab_size, byte_fallback=True, split_digits=True, character_coverage=1.0,
             unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity",
             add_dummy_prefix=True, remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
             minloglevel=2, **options,
         )  # fmt: skip
-        (directory / "tokenizer.vocab").unlink(missing_ok=True)
+        (directory / "tokenizer.model").write_bytes(model.getvalue())
         tokenizer = cls(directory / "tokenizer.model")
         tokenizer.save_pretrained(directory)
         return tokenizer
