@@ -76,10 +76,10 @@ def task_tokenizer(tmp_path_factory):
 def test_the_shipped_tokenizer_is_the_recipes_wherever_it_is_saved(task_tokenizer, tmp_path):
     """The recipe's tokenizer trained again, in another directory, has the shipped tokenizer.model's bytes: the file
     records no output path (sentencepiece's `model_prefix`), so `--out` does not change the checkpoint."""
-    again = tokenpacker.LlamaTokenizer.train(tokenizer_corpus(), tmp_path / "elsewhere", vocab_size=500,
-                                             hard_vocab_limit=False)  # fmt: skip
     from sentencepiece import sentencepiece_model_pb2
 
+    again = tokenpacker.LlamaTokenizer.train(tokenizer_corpus(), tmp_path / "elsewhere", vocab_size=500,
+                                             hard_vocab_limit=False)  # fmt: skip
     shipped = (DEFAULT_MODEL / "tokenizer.model").read_bytes()
     assert task_tokenizer.model_file.read_bytes() == again.model_file.read_bytes() == shipped
     model = sentencepiece_model_pb2.ModelProto.FromString(shipped)
