@@ -958,7 +958,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     training of the projector and the LLM on questions about scenes, the tower frozen: the
     answers' loss, the same at each question's key word, the dense probe on the point tokens (`patch_weight`)
     and the attention supervision (`attention_weight`; see `batch_loss`). The first `warmup_steps` use small
-    canvases (few views: the LLM learns to find objects among 145-435 visual tokens before it meets 1450).
+    canvases (`WARMUP_SPLIT`; of 2000 sampled, 83% are one view of 145 visual tokens and the rest 2 x 3 or 3 x 2
+    tiles and a thumbnail, 1015 tokens: the LLM learns to find objects in short prefixes before it meets the full range).
     Stage 3: `polish_steps` more on the full range only, at `polish_lr`, without the dense probe; without
     `branches` each scene is asked `polish_min_turns` to `polish_max_turns` questions (duplicates dropped) in one
     conversation (with `branches`, stage 2's quota; the turn counts are then unused, though training.json lists them). `where_weight`: stage 2's weight of
