@@ -150,6 +150,25 @@ def test_first_patch_marks_are_one_per_object_in_the_tiles_and_in_the_thumbnail(
             assert in_thumbnail == (in_tiles if len(views) > 1 else [])
 
 
+def test_solid_marks_skip_slivers_and_fall_back_to_the_most_covered_patch(task_tokenizer):
+    """`count_mark="solid"`: the first patch in reading order that the object covers at least half of (8 of its
+    4 x 4 sample points), not a sliver above it; for an object no patch is half covered by, its most covered patch."""
+    processor = ExampleMaker(task_tokenizer, default_config(task_tokenizer)).processor
+    # A circle of diameter 56 centred at (100, 108): its top (y = 80) dips into patch row 5 (pixels 70..84) only at
+    # the row's last sample line (y = 82.25), so "first" takes that sliver, (5, 6), and "solid" the patch below.
+    scene = Scene(336, 336, (20, 20, 20), 0, [SceneObject("circle", "red", 100, 108, 56)], 0)
+    view = processor(scene.render()).views[0]
+    assert count_marks(scene, view, 24, "first") == [(0, 5, 6)]
+    assert count_marks(scene, view, 24, "solid") == [(0, 6, 6)]
+    # A square of side 8 over pixels 96..104: 2 px in patch column and row 6 (84..98), 6 px in 7 (98..112).
+    scene = Scene(336, 336, (20, 20, 20), 0, [SceneObject("square", "blue", 100, 100, 8)], 0)
+    view = processor(scene.render()).views[0]
+    assert count_marks(scene, view, 24, "first") == [(0, 6, 6)]
+    assert count_marks(scene, view, 24, "solid") == [(0, 7, 7)]
+    labels = patch_labels(scene, [view], 24, mark="solid")
+    assert labels[0, 2].nonzero().tolist() == [[7, 7]] and labels[0, 0, 7, 7] == 1 + list(COLORS).index("blue")
+
+
 def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):
     tokenizer = task_tokenizer
     maker = ExampleMaker(tokenizer, default_config(tokenizer))

@@ -308,7 +308,7 @@ def attention_target(kind: str, question: str, answer: str, masks: dict[str, np.
     return mask[layout.view_index, layout.gy, layout.gx]
 
 
-COUNT_MARKS = ("centre", "first")
+COUNT_MARKS = ("centre", "first", "solid")
 
 
 def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, pixel_labels=None
@@ -317,7 +317,10 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
     the objects whose mark lies in the view. "centre": the patch under the object's centre. "first": the object's
     first patch in reading order (its top row of patches, then the leftmost) on the view's patch grid extended over
     the whole image, where a patch counts the object when one of its samples x samples points hits it (the object's
-    centre patch when none does). Either way an object has one mark in the thumbnail and one in all the tiles
+    centre patch when none does). "solid": the same with a patch counting the object when at least half of its
+    points hit it (its most covered patch when no patch is half covered): a sliver of an object in the row above
+    or to the left, which the tower can hardly see, does not take the mark (experiments/solid-mark). Either way an
+    object has one mark in the thumbnail and one in all the tiles
     together (the tiles share one grid). The first patch is a local thing to find (nothing of the object above it or
     to its left), the centre of a large object is not (experiments/count-view, experiments/first-mark).
     `pixel_labels`: the scene's `render_labels()` as arrays, when the caller has them."""
@@ -330,7 +333,7 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
     for index, obj in enumerate(scene.objects):
         u, v = view.from_image(obj.cx, obj.cy)
         row, column = math.floor(v / step), math.floor(u / step)  # the centre's patch
-        if mark == "first":
+        if mark in ("first", "solid"):
             if colors is None:
                 colors, shapes = (np.asarray(m) for m in scene.render_labels())
             x0, y0, x1, y1 = obj.box
@@ -344,9 +347,13 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
             yi = np.clip(np.floor(ys).astype(int), 0, scene.height - 1)
             xi = np.clip(np.floor(xs).astype(int), 0, scene.width - 1)
             hit = inside & (colors[yi][:, xi] == 1 + list(COLORS).index(obj.color)) & (shapes[yi][:, xi] == 1 + SHAPES.index(obj.shape))
-            hit = hit.reshape(len(rows), samples, len(columns), samples).any(axis=(1, 3))
-            if hit.any():
-                first = np.argwhere(hit)[0]  # row-major: the top row, then its leftmost
+            cover = hit.reshape(len(rows), samples, len(columns), samples).sum(axis=(1, 3))  # samples hit, per patch
+            marked = cover > 0 if mark == "first" else 2 * cover >= samples * samples  # "solid": half covered or more
+            if marked.any():
+                first = np.argwhere(marked)[0]  # row-major: the top row, then its leftmost
+            elif cover.any():  # "solid", an object no patch is half covered by: its most covered patch
+                first = np.unravel_index(np.argmax(cover), cover.shape)
+            if cover.any():
                 row, column = int(rows[first[0]]), int(columns[first[1]])
         if 0 <= row < grid and 0 <= column < grid:
             marks.append((index, row, column))
@@ -982,7 +989,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     `count_view`: where stages 2 and 3 teach counting's key word to find the centre tokens ("tiles" or "global";
     `attention_target`). `balanced_centres`: the tower's (stage 1) and the point tokens' (stages 1b and 2) object-centre
     term weighs its rare centres as much as the rest (`centre_loss`). `count_mark`: which patch of an object is the
-    one mark that the tower, the point tokens and counting's key word are taught ("centre" or "first"; `count_marks`).
+    one mark that the tower, the point tokens and counting's key word are taught ("centre", "first" or "solid";
+    `count_marks`).
     `count_spread`: stages 2 and 3 teach counting's key word an even spread over <s> and its n marks' tokens, 1/(n+1)
     each, instead of its mass on the marks (`ExampleMaker`, `attention_mass_loss`). `count_head`: the same even spread
     taught to a head of its own, layer `count_layer`'s head COUNT_HEAD, while head 0 keeps its mass on the marks.
@@ -1242,7 +1250,8 @@ def main(argv=None) -> None:
                         help="stages 1-2: the object-centre terms weigh the rare centres as much as the rest")
     parser.add_argument("--count-mark", choices=list(COUNT_MARKS), default="first",
                         help="stages 1-3: an object's one mark, taught to the tower, the point tokens and counting's key "
-                             "word: the patch under its centre, or its first patch in reading order")
+                             "word: the patch under its centre, its first patch in reading order, or its first "
+                             "patch at least half covered")
     parser.add_argument("--count-spread", action="store_true",
                         help="stages 2-3: counting's key word is taught 1/(n+1) of its attention on <s> and on each of "
                              "its n marks' tokens (an output that says n), not its mass on the marks")
