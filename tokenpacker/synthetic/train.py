@@ -318,8 +318,8 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
     first patch in reading order (its top row of patches, then the leftmost) on the view's patch grid extended over
     the whole image, where a patch counts the object when one of its samples x samples points hits it (the object's
     centre patch when none does). "solid": the same with a patch counting the object when at least half of its
-    points hit it (its most covered patch when no patch is half covered): a sliver of an object in the row above
-    or to the left, which the tower can hardly see, does not take the mark (experiments/solid-mark). Either way an
+    points hit it (its most covered patch when no patch is half covered), so that a sliver of the object does not
+    take the mark; the tower finds it worse than "first" (run BF, experiments/solid-mark). Either way an
     object has one mark in the thumbnail and one in all the tiles
     together (the tiles share one grid). The first patch is a local thing to find (nothing of the object above it or
     to its left), the centre of a large object is not (experiments/count-view, experiments/first-mark).
