@@ -17,7 +17,8 @@ from tokenpacker.synthetic.scenes import (
     COLORS, QUESTION_TYPES, SHAPES, SPLITS, Scene, SceneObject, cell_name, questions, random_scene, sample_question,
 )  # fmt: skip
 from tokenpacker.synthetic.train import (
-    COUNT_MARKS, TRAIN_SEED, ExampleMaker, count_marks, default_config, key_word, patch_labels, tokenizer_corpus,
+    COUNT_MARKS, TRAIN_SEED, ExampleMaker, count_marks, default_config, key_word, patch_labels, token_labels,
+    tokenizer_corpus,
 )  # fmt: skip
 
 
@@ -167,6 +168,21 @@ def test_solid_marks_skip_slivers_and_fall_back_to_the_most_covered_patch(task_t
     assert count_marks(scene, view, 24, "solid") == [(0, 7, 7)]
     labels = patch_labels(scene, [view], 24, mark="solid")
     assert labels[0, 2].nonzero().tolist() == [[7, 7]] and labels[0, 0, 7, 7] == 1 + list(COLORS).index("blue")
+
+
+def test_region_marks_are_the_first_block_of_patches_a_point_token_sees(task_tokenizer):
+    """`count_mark="region"`: the object's first 2 x 2 block of patches in reading order (the patches one point token
+    attends to), all four patches marked, so the point tokens' label marks exactly that token."""
+    processor = ExampleMaker(task_tokenizer, default_config(task_tokenizer)).processor
+    # A circle of diameter 56 centred at (150, 94): its top row of patches is row 4 (pixels 56..70), first hit at
+    # column 10; row 5 reaches column 9, in block column 4 (patch columns 8..9), left of the first patch's block (5).
+    scene = Scene(336, 336, (20, 20, 20), 0, [SceneObject("circle", "red", 150, 94, 56)], 0)
+    view = processor(scene.render()).views[0]
+    assert count_marks(scene, view, 24, "first") == [(0, 4, 10)]
+    assert count_marks(scene, view, 24, "region") == [(0, 4, 8)]
+    labels = patch_labels(scene, [view], 24, mark="region")
+    assert labels[0, 2].nonzero().tolist() == [[4, 8], [4, 9], [5, 8], [5, 9]]
+    assert token_labels(labels, 2)[0, 2].nonzero().tolist() == [[2, 4]]
 
 
 def test_training_examples_are_multi_turn_with_answer_spans(task_tokenizer):

@@ -308,7 +308,8 @@ def attention_target(kind: str, question: str, answer: str, masks: dict[str, np.
     return mask[layout.view_index, layout.gy, layout.gx]
 
 
-COUNT_MARKS = ("centre", "first", "solid")
+COUNT_MARKS = ("centre", "first", "solid", "region")
+MARK_REGION = 2  # with count mark "region": the side, in patches, of the mark's block (the recipe's scale factor s)
 
 
 def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, pixel_labels=None
@@ -319,7 +320,10 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
     the whole image, where a patch counts the object when one of its samples x samples points hits it (the object's
     centre patch when none does). "solid": the same with a patch counting the object when at least half of its
     points hit it (its most covered patch when no patch is half covered), so that a sliver of the object does not
-    take the mark; the tower finds it worse than "first" (run BF, experiments/solid-mark). Either way an
+    take the mark; the tower finds it worse than "first" (run BF, experiments/solid-mark). "region": the object's first
+    MARK_REGION x MARK_REGION block of patches in reading order that one of its patches (as in "first") lies in; the
+    patch returned is the block's top-left, and `patch_labels` marks the whole block, so that the mark is the same on
+    the s x s patches a point token attends to (run BH, experiments/token-marks). Either way an
     object has one mark in the thumbnail and one in all the tiles
     together (the tiles share one grid). The first patch is a local thing to find (nothing of the object above it or
     to its left), the centre of a large object is not (experiments/count-view, experiments/first-mark).
@@ -333,7 +337,7 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
     for index, obj in enumerate(scene.objects):
         u, v = view.from_image(obj.cx, obj.cy)
         row, column = math.floor(v / step), math.floor(u / step)  # the centre's patch
-        if mark in ("first", "solid"):
+        if mark in ("first", "solid", "region"):
             if colors is None:
                 colors, shapes = (np.asarray(m) for m in scene.render_labels())
             x0, y0, x1, y1 = obj.box
@@ -348,13 +352,19 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
             xi = np.clip(np.floor(xs).astype(int), 0, scene.width - 1)
             hit = inside & (colors[yi][:, xi] == 1 + list(COLORS).index(obj.color)) & (shapes[yi][:, xi] == 1 + SHAPES.index(obj.shape))
             cover = hit.reshape(len(rows), samples, len(columns), samples).sum(axis=(1, 3))  # samples hit, per patch
-            marked = cover > 0 if mark == "first" else 2 * cover >= samples * samples  # "solid": half covered or more
-            if marked.any():
+            marked = 2 * cover >= samples * samples if mark == "solid" else cover > 0  # "solid": half covered or more
+            if mark == "region" and marked.any():  # the first block in reading order holding one of the patches
+                blocks = np.argwhere(marked) + np.array([rows[0], columns[0]])  # (k, 2) patch (row, column)
+                blocks = blocks // MARK_REGION
+                first = blocks[np.lexsort((blocks[:, 1], blocks[:, 0]))[0]] * MARK_REGION - np.array([rows[0], columns[0]])
+            elif marked.any():
                 first = np.argwhere(marked)[0]  # row-major: the top row, then its leftmost
             elif cover.any():  # "solid", an object no patch is half covered by: its most covered patch
                 first = np.unravel_index(np.argmax(cover), cover.shape)
             if cover.any():
-                row, column = int(rows[first[0]]), int(columns[first[1]])
+                row, column = int(rows[0] + first[0]), int(columns[0] + first[1])
+        if mark == "region":
+            row, column = row - row % MARK_REGION, column - column % MARK_REGION  # a block's top-left (a centre's too)
         if 0 <= row < grid and 0 <= column < grid:
             marks.append((index, row, column))
     return marks
@@ -384,8 +394,9 @@ def patch_labels(scene, views, grid: int, samples: int = 4, mark: str = "centre"
                               np.clip(xi, 0, scene.width - 1)[None, :].repeat(len(yi), 0)[ok]]  # fmt: skip
             cells = hits.reshape(grid, samples, grid, samples).transpose(0, 2, 1, 3).reshape(grid, grid, -1)
             out[view.index, channel] = cells.max(axis=-1)  # any object beats background (objects never overlap)
+        side = MARK_REGION if mark == "region" else 1
         for _, row, column in count_marks(scene, view, grid, mark, samples, (colors, shapes)):
-            out[view.index, 2, row, column] = 1
+            out[view.index, 2, row : row + side, column : column + side] = 1
         if len(views) == 1 or view.kind == "global":
             xs, ys = view.to_image(*(((np.arange(grid) + 0.5) * step,) * 2))  # the patches' centres in the image
             column = np.where((xs >= 0) & (xs < scene.width), np.minimum(2, (3 * xs / scene.width).astype(int)), -1)
