@@ -323,9 +323,9 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
     take the mark; the tower finds it worse than "first" (run BF, experiments/solid-mark). "region": the object's first
     MARK_REGION x MARK_REGION block of patches in reading order that one of its patches (as in "first") lies in; the
     patch returned is the block's top-left, and `patch_labels` marks the whole block, so that the mark is the same on
-    the s x s patches a point token attends to (run BH, experiments/token-marks). Either way an
-    object has one mark in the thumbnail and one in all the tiles
-    together (the tiles share one grid). The first patch is a local thing to find (nothing of the object above it or
+    the s x s patches a point token attends to; the point tokens carry it no better than "first" (run BH,
+    experiments/token-marks). Any way an object has one mark in the thumbnail and one in all the tiles together
+    (the tiles share one grid). The first patch is a local thing to find (nothing of the object above it or
     to its left), the centre of a large object is not (experiments/count-view, experiments/first-mark).
     `pixel_labels`: the scene's `render_labels()` as arrays, when the caller has them."""
     if mark not in COUNT_MARKS:
@@ -354,9 +354,9 @@ def count_marks(scene, view, grid: int, mark: str = "centre", samples: int = 4, 
             cover = hit.reshape(len(rows), samples, len(columns), samples).sum(axis=(1, 3))  # samples hit, per patch
             marked = 2 * cover >= samples * samples if mark == "solid" else cover > 0  # "solid": half covered or more
             if mark == "region" and marked.any():  # the first block in reading order holding one of the patches
-                blocks = np.argwhere(marked) + np.array([rows[0], columns[0]])  # (k, 2) patch (row, column)
-                blocks = blocks // MARK_REGION
-                first = blocks[np.lexsort((blocks[:, 1], blocks[:, 0]))[0]] * MARK_REGION - np.array([rows[0], columns[0]])
+                origin = np.array([rows[0], columns[0]])
+                blocks = (np.argwhere(marked) + origin) // MARK_REGION  # (k, 2): each patch's block (row, column)
+                first = blocks[np.lexsort((blocks[:, 1], blocks[:, 0]))[0]] * MARK_REGION - origin
             elif marked.any():
                 first = np.argwhere(marked)[0]  # row-major: the top row, then its leftmost
             elif cover.any():  # "solid", an object no patch is half covered by: its most covered patch
@@ -374,8 +374,9 @@ def patch_labels(scene, views, grid: int, samples: int = 4, mark: str = "centre"
     """(V, 4, R, R) dense targets for each view's CLIP patches: colour and shape index of the object seen in
     the patch (0 = background; a patch counts an object when any of its samples x samples points hits it),
     1 where the patch holds an object's count mark (what counting needs: one mark per object; `count_marks`,
-    its centre by default), and the 3 x 3 cell of the image (0-8, row by row) under the patch's centre in the
-    global view or the only view (what `where` needs; -1 in the tiles and on padding)."""
+    its centre by default; with "region" all patches of its block), and the 3 x 3 cell of the image (0-8, row by
+    row) under the patch's centre in the global view or the only view (what `where` needs; -1 in the tiles and on
+    padding)."""
     colors, shapes = (np.asarray(m) for m in scene.render_labels())
     out = np.zeros((len(views), 4, grid, grid), dtype=np.int64)
     out[:, 3] = -1
@@ -1000,8 +1001,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     `count_view`: where stages 2 and 3 teach counting's key word to find the centre tokens ("tiles" or "global";
     `attention_target`). `balanced_centres`: the tower's (stage 1) and the point tokens' (stages 1b and 2) object-centre
     term weighs its rare centres as much as the rest (`centre_loss`). `count_mark`: which patch of an object is the
-    one mark that the tower, the point tokens and counting's key word are taught ("centre", "first" or "solid";
-    `count_marks`).
+    one mark that the tower, the point tokens and counting's key word are taught ("centre", "first", "solid" or
+    "region"; `count_marks`).
     `count_spread`: stages 2 and 3 teach counting's key word an even spread over <s> and its n marks' tokens, 1/(n+1)
     each, instead of its mass on the marks (`ExampleMaker`, `attention_mass_loss`). `count_head`: the same even spread
     taught to a head of its own, layer `count_layer`'s head COUNT_HEAD, while head 0 keeps its mass on the marks.
