@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "count-view"))
 from centre_probe import fit_balanced_probe  # noqa: E402
@@ -51,20 +50,13 @@ def main() -> None:
         features, multi_level = model.model.vision_tower(prepared.pixel_values.to(model.vision_dtype))
         V = features.shape[0]
         regions = projector.regions(multi_level.float())  # (V, G, G, s*s, L*C)
-        query = projector.ln_q_1(projector.q_proj_1(projector.point_queries(features)))  # (V, G, G, C)
-        # `injected`, as TokenPackerProjector.forward computes it
-        C, n = query.shape[-1], projector.num_heads
-        d = C // n
-        keys = projector.ln_k_1(projector.k_proj_1(multi_level))
-        values = projector.ln_v_1(projector.v_proj_1(multi_level))
-        w_q, w_k, w_v = projector.clip_attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = projector.clip_attn.in_proj_bias.chunk(3)
-        q = F.linear(query, w_q, b_q).reshape(V, G, G, n, 1, d) * d**-0.5
-        k = projector.regions(F.linear(keys, w_k, b_k)).reshape(V, G, G, s * s, n, d).transpose(3, 4)
-        v = projector.regions(F.linear(values, w_v, b_v)).reshape(V, G, G, s * s, n, d).transpose(3, 4)
-        injected = projector.clip_attn.out_proj((torch.softmax(q @ k.transpose(-1, -2), -1) @ v).reshape(V, G, G, C))
+        seen = {}  # the projector's own intermediates, as its forward computes them
+        hooks = [projector.ln_q_1.register_forward_hook(lambda m, i, out: seen.__setitem__("query", out)),
+                 projector.mlp.register_forward_pre_hook(lambda m, i: seen.__setitem__("injected", i[0]))]  # fmt: skip
         tokens = projector(features, multi_level).tokens  # (V, G*G, H)
-        assert torch.allclose(projector.mlp(injected).reshape(V, G * G, -1), tokens, atol=1e-5)
+        for hook in hooks:
+            hook.remove()
+        query, injected = seen["query"], seen["injected"]  # (V, G, G, C) each
         for name, x in zip(stages, (regions.flatten(3), regions.mean(3), query, injected, tokens)):
             stages[name].append(x.reshape(V * G * G, -1).float())
         marks.append(labels[:, 2].flatten())
