@@ -505,10 +505,11 @@ class TokenHead(torch.nn.Module):
     mark reads the same, whatever its object's colour or size, so that a head keyed on it can share evenly."""
 
     def __init__(self, width: int, scale: int, cells: bool = False, balanced_centres: bool = False,
-                 mark_values: bool = False):  # fmt: skip
+                 mark_values: bool = False, mark_weight: float = 1.0):  # fmt: skip
         super().__init__()
         self.scale = scale
         self.balanced_centres = balanced_centres  # see `centre_loss`
+        self.mark_weight = mark_weight  # the object-centre (count mark) term's weight in `losses`
         self.colors = torch.nn.Linear(width, 1 + len(COLORS))
         self.shapes = torch.nn.Linear(width, 1 + len(SHAPES))
         self.centres = torch.nn.Linear(width, 2)
@@ -537,7 +538,7 @@ class TokenHead(torch.nn.Module):
         losses = {
             "colour": (F.cross_entropy(self.colors(x).float(), colors, reduction="none") * weight).sum() / weight.sum(),
             "shape": F.cross_entropy(self.shapes(x[objects]).float(), shapes[objects]) if objects.any() else none,
-            "centre": centre_loss(self.centres(x), centres, self.balanced_centres),
+            "centre": centre_loss(self.centres(x), centres, self.balanced_centres) * self.mark_weight,
         }
         if self.cells is not None:
             placed = objects & (cells >= 0)
@@ -970,7 +971,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           mark_values: bool = False, count_readout: bool = False,
           tower_cell_start: int | None = 1000, where_own_head: bool = True,
           token_cell_start: int | None = 400, token_cell_stage2: bool = False,
-          branches: bool = True) -> TokenPackerPipeline:  # fmt: skip
+          branches: bool = True, mark_weight: float = 1.0) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1007,6 +1008,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     each, instead of its mass on the marks (`ExampleMaker`, `attention_mass_loss`). `count_head`: the same even spread
     taught to a head of its own, layer `count_layer`'s head COUNT_HEAD, while head 0 keeps its mass on the marks.
     `mark_values`: stages 1b and 2's dense probe also regresses each point token's per-shape mark (`TokenHead`).
+    `mark_weight`: stages 1b and 2's dense probe weighs its object-centre (count mark) term this much (`TokenHead`;
+    1: the recipe; experiments/mark-weight).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`).
     `branches`: stages 2 and 3 ask each scene up to BRANCH_QUOTA questions of each type, each as its own single-turn
@@ -1047,7 +1050,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
                      balanced_centres=balanced_centres)  # fmt: skip
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor,
                            cells=cell_target or token_cell_start is not None,
-                           balanced_centres=balanced_centres, mark_values=mark_values)  # fmt: skip
+                           balanced_centres=balanced_centres, mark_values=mark_values, mark_weight=mark_weight)  # fmt: skip
     quota = BRANCH_QUOTA if branches else None
     make = ExampleMaker(tokenizer, config, max_turns=max_turns, colour_link=colour_link, count_view=count_view,
                         count_mark=count_mark, count_spread=count_spread, count_head=count_head, branches=quota)  # fmt: skip
@@ -1130,7 +1133,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1293,6 +1296,8 @@ def main(argv=None) -> None:
                              "sharing one visual prefix; --no-branches: one multi-turn conversation a scene (run AB's "
                              "recipe with --tower-cell-start off --token-cell-start off --no-where-head "
                              "--warmup-steps 1400 --steps 1900 --polish-steps 250 --projector-steps 1000)")
+    parser.add_argument("--mark-weight", type=float, default=1.0,
+                        help="stages 1b-2: weight of the point tokens' count-mark (object centre) term in the dense probe")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1304,7 +1309,7 @@ def main(argv=None) -> None:
           count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
           mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start,
           where_own_head=args.where_head, token_cell_start=args.token_cell_start,
-          token_cell_stage2=args.token_cell_in_stage2, branches=args.branches)
+          token_cell_stage2=args.token_cell_in_stage2, branches=args.branches, mark_weight=args.mark_weight)
 
 
 if __name__ == "__main__":
