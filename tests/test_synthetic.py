@@ -323,9 +323,9 @@ NO_CELL = dict(tower_cell_start=None, token_cell_start=None, where_own_head=Fals
                                      dict(where_weight=0.0, sincos_position=False, count_mark="centre", branches=False,
                                           colour_link=False, **NO_CELL),
                                      dict(cell_target=True, colour_link=True, link_head=3, balanced_centres=True, count_head=True,
-                                          count_readout=True, **NO_CELL),
+                                          count_readout=True, mark_weight=4.0, **NO_CELL),
                                      dict(tower_cell_start=1, token_cell_start=1, token_cell_stage2=True)],
-                         ids=["default-cells-from-step-1", "run-q-recipe", "cell-colour-link-balanced-centres-count-head-readout",
+                         ids=["default-cells-from-step-1", "run-q-recipe", "cell-colour-link-balanced-centres-count-head-readout-mark-weight",
                               "run-ag-cells-in-stage-2"])  # fmt: skip
 def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     """A few steps of every stage, twice with the same seed: identical checkpoints in the project's format; the
@@ -334,8 +334,8 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     read-out on a head of its own, the sine-cosine position start, first-patch count marks, questions as branches,
     the cell for the tower and the tokens, here from stage 1's and 1b's second step, the colour link on layer 0's
     head 1), by run Q's recipe (none of these), with the cell target, the colour link on layer 0's head 3, the
-    balanced centre terms, the count head and the count read-out, and with the tokens' cell in stage 2's dense probe
-    too (run AG's)."""
+    balanced centre terms (the tokens' weighing 4), the count head and the count read-out, and with the tokens'
+    cell in stage 2's dense probe too (run AG's)."""
     from safetensors.torch import load_file
 
     from tokenpacker.synthetic.train import train
@@ -367,6 +367,7 @@ def test_training_runs_end_to_end_and_is_reproducible(tmp_path, options):
     assert summary["colour_link"] == options.get("colour_link", True)
     assert summary["link_head"] == options.get("link_head", 1 if summary["colour_link"] else 0)
     assert summary["balanced_centres"] == options.get("balanced_centres", False)
+    assert summary["mark_weight"] == options.get("mark_weight", 1.0)
     assert summary["mllm_dtype"] == "bfloat16"
     assert summary["tower_cell_start"] == options["tower_cell_start"]
     assert summary["where_own_head"] == options.get("where_own_head", True)
@@ -1003,6 +1004,12 @@ def test_token_head_losses_by_name_and_the_cell_on_object_tokens_only():
     torch.testing.assert_close(head.losses(tokens, labels, background=0.0)["colour"], colour_without_background)
     colour, shape, cell = head.accuracy(tokens, labels)
     assert cell == float(head.cells(tokens[0, 3]).argmax() == 4) and np.isnan(plain.accuracy(tokens, labels)[2])
+    expected_centre = torch.nn.functional.cross_entropy(head.centres(tokens[0]), torch.tensor([0, 0, 0, 1]))
+    torch.testing.assert_close(losses["centre"], expected_centre)
+    head.mark_weight = 4.0  # `--mark-weight`: the centre term alone scales, the others stay as they were
+    weighted = head.losses(tokens, labels)
+    torch.testing.assert_close(weighted["centre"], 4 * expected_centre)
+    assert all(torch.equal(weighted[k], losses[k]) for k in ("colour", "shape", "cell"))
 
 
 def test_branch_questions_keep_each_types_quota_and_balance_exists():

@@ -892,7 +892,7 @@ def balanced_step(optimizer: torch.optim.Optimizer, params: list, losses: list[t
 
 def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, make: "ExampleMaker", rng: random.Random,
                        steps: int, color_steps: int, batch_size: int, lr: float, log_every: int, gate: float = 0.9,
-                       cell_start: int | None = None) -> None:  # fmt: skip
+                       cell_start: int | None = None, mark_steps: int = 0) -> None:  # fmt: skip
     """Stage 1b: the projector learns to carry what the frozen tower sees (colour, shape, centres) into its point
     tokens, through the linear TokenHead: colour alone for `color_steps`, then all three until the object
     tokens' colour and shape accuracy (mean over the last `log_every` steps) both pass `gate`, at most `steps`
@@ -901,13 +901,17 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
     With the TokenHead's cell (run H's stage 1b, experiments/where-cell), each term's gradient at the same norm
     (`balanced_step`), colour without its background class (else it sits on a 'background everywhere' plateau
     while the other terms take over), and the gate needs the centre tokens' cell too; with `cell_start`, instead,
-    the plain sum, the cell's term joining at step `cell_start` (when colour and most of shape are learnt)."""
+    the plain sum, the cell's term joining at step `cell_start` (when colour and most of shape are learnt).
+    `mark_steps`: before all this, that many steps of the mark (object-centre) term alone, which then stays beside
+    colour in its steps alone; the schedule above counts its steps from their end (experiments/mark-weight)."""
+    if mark_steps and token_head.cells is not None and cell_start is None:
+        raise ValueError("mark_steps: stage 1b's plain sum only (cell_start, or no cell)")
     params = list(model.model.mm_projector.parameters()) + list(token_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     with_cells = token_head.cells is not None
     start, history = time.time(), []
-    for step in range(steps):
-        color_only = step < color_steps
+    for step in range(mark_steps + steps):
+        mark_only, color_only = step < mark_steps, step < mark_steps + color_steps
         batch = [make.views_and_labels(rng, WARMUP_SPLIT if rng.random() < 0.5 else None) for _ in range(batch_size)]
         views = torch.cat([v for v, _ in batch])
         labels = torch.cat([lab for _, lab in batch])
@@ -915,7 +919,15 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
             features, multi_level = model.model.vision_tower(views)
         tokens = model.model.mm_projector(features, multi_level).tokens  # (V, G*G, H)
         step_lr = lr * min(1.0, (step + 1) / 50)
-        if with_cells and cell_start is not None:
+        if mark_steps:
+            losses = token_head.losses(tokens, labels)
+            if mark_only or color_only:
+                terms = [losses["centre"]] if mark_only else [losses["colour"], losses["centre"]]
+            else:
+                terms = [v for k, v in losses.items() if k != "cell" or step - mark_steps >= cell_start]
+            loss = sum(terms)
+            _update(optimizer, params, loss, step_lr)
+        elif with_cells and cell_start is not None:
             losses = token_head.losses(tokens, labels)
             terms = [losses["colour"]] if color_only else [v for k, v in losses.items() if k != "cell" or step >= cell_start]
             loss = sum(terms)
@@ -931,14 +943,15 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
         history.append((loss.item(), *token_head.accuracy(tokens.detach(), labels)))
         if (step + 1) % log_every == 0:
             loss_, color, shape, cell = (np.nanmean if with_cells else np.mean)(history[-log_every:], axis=0)
-            print(f"projector step {step + 1}/{steps}{' (colour only)' if color_only else ''}  token loss {loss_:.4f}  "
+            alone = " (mark only)" if mark_only else (" (colour and mark)" if mark_steps else " (colour only)") if color_only else ""
+            print(f"projector step {step + 1}/{mark_steps + steps}{alone}  token loss {loss_:.4f}  "
                   f"object colour acc {color:.3f}  object shape acc {shape:.3f}  "
                   + (f"centre-token cell acc {cell:.3f}  " if with_cells else "") +
                   f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
             if not color_only and color > gate and shape > gate and (not with_cells or cell > gate):
                 print(f"projector: colour{', shape and cell' if with_cells else ' and shape'} past {gate} after {step + 1} steps", flush=True)
                 return
-    print(f"projector: gate {gate} not reached in {steps} steps", flush=True)
+    print(f"projector: gate {gate} not reached in {mark_steps + steps} steps", flush=True)
 
 
 def sincos_position_embedding(grid: int, width: int) -> torch.Tensor:
@@ -971,7 +984,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           mark_values: bool = False, count_readout: bool = False,
           tower_cell_start: int | None = 1000, where_own_head: bool = True,
           token_cell_start: int | None = 400, token_cell_stage2: bool = False,
-          branches: bool = True, mark_weight: float = 1.0) -> TokenPackerPipeline:  # fmt: skip
+          branches: bool = True, mark_weight: float = 1.0, projector_mark_steps: int = 0) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1009,7 +1022,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     taught to a head of its own, layer `count_layer`'s head COUNT_HEAD, while head 0 keeps its mass on the marks.
     `mark_values`: stages 1b and 2's dense probe also regresses each point token's per-shape mark (`TokenHead`).
     `mark_weight`: stages 1b and 2's dense probe weighs its object-centre (count mark) term this much (`TokenHead`;
-    1: the recipe; experiments/mark-weight).
+    1: the recipe; experiments/mark-weight). `projector_mark_steps`: stage 1b starts with that many steps of the tokens'
+    mark alone (`pretrain_projector`'s `mark_steps`; 0: the recipe).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`).
     `branches`: stages 2 and 3 ask each scene up to BRANCH_QUOTA questions of each type, each as its own single-turn
@@ -1087,7 +1101,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
         torch.manual_seed(seed + 1)
         rng = random.Random(seed + 1)
         pretrain_projector(model, token_head, make, rng, projector_steps, projector_color_steps, batch_size=6, lr=vision_lr,
-                           log_every=log_every, cell_start=token_cell_start)  # fmt: skip
+                           log_every=log_every, cell_start=token_cell_start, mark_steps=projector_mark_steps)  # fmt: skip
         pipeline.save_pretrained(out)  # what reaches the LLM, before it trains
     if not (token_cell_stage2 or cell_target):
         token_head.cells = None  # stage 2's dense probe keeps colour, shape and centres; the cell stays what 1b made it
@@ -1133,7 +1147,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1298,6 +1312,8 @@ def main(argv=None) -> None:
                              "--warmup-steps 1400 --steps 1900 --polish-steps 250 --projector-steps 1000)")
     parser.add_argument("--mark-weight", type=float, default=1.0,
                         help="stages 1b-2: weight of the point tokens' count-mark (object centre) term in the dense probe")
+    parser.add_argument("--projector-mark-steps", type=int, default=0,
+                        help="stage 1b: first steps on the point tokens' count mark alone, before the colour steps")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1309,7 +1325,8 @@ def main(argv=None) -> None:
           count_spread=args.count_spread, count_head=args.count_head, count_layer=args.count_layer,
           mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start,
           where_own_head=args.where_head, token_cell_start=args.token_cell_start,
-          token_cell_stage2=args.token_cell_in_stage2, branches=args.branches, mark_weight=args.mark_weight)
+          token_cell_stage2=args.token_cell_in_stage2, branches=args.branches, mark_weight=args.mark_weight,
+          projector_mark_steps=args.projector_mark_steps)
 
 
 if __name__ == "__main__":
