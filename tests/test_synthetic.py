@@ -1012,6 +1012,31 @@ def test_token_head_losses_by_name_and_the_cell_on_object_tokens_only():
     assert all(torch.equal(weighted[k], losses[k]) for k in ("colour", "shape", "cell"))
 
 
+def test_stage_1b_mark_steps_train_the_mark_alone_then_keep_it_beside_colour(task_tokenizer, capsys):
+    """`pretrain_projector(mark_steps=2)`: two steps on the mark term alone (of the probe, only the centre read-out
+    moves), then colour's steps with the mark beside it, then the recipe's sum (the cell from `cell_start` steps
+    after the mark's); the balanced stage 1b refuses it."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import ExampleMaker, TokenHead, default_config, pretrain_projector
+
+    config = default_config(task_tokenizer)
+    torch.manual_seed(0)
+    model, make = TokenPackerForCausalLM(config), ExampleMaker(task_tokenizer, config)
+    moved = {}
+    for steps in (0, 1):
+        head = TokenHead(config.text_config.hidden_size, config.scale_factor, cells=True)
+        before = {name: p.detach().clone() for name, p in head.named_parameters()}
+        pretrain_projector(model, head, make, random.Random(0), steps=steps, color_steps=1, batch_size=1, lr=1e-3,
+                           log_every=1, cell_start=1, mark_steps=2)  # fmt: skip
+        moved[steps] = {name.split(".")[0] for name, p in head.named_parameters() if not torch.equal(p, before[name])}
+    assert moved == {0: {"centres"}, 1: {"centres", "colors"}}
+    log = capsys.readouterr().out
+    assert "projector step 2/2 (mark only)" in log and "projector step 3/3 (colour and mark)" in log
+    with pytest.raises(ValueError, match="plain sum only"):
+        pretrain_projector(model, TokenHead(config.text_config.hidden_size, config.scale_factor, cells=True), make,
+                           random.Random(0), steps=1, color_steps=1, batch_size=1, lr=1e-3, log_every=1, mark_steps=1)
+
+
 def test_branch_questions_keep_each_types_quota_and_balance_exists():
     from tokenpacker.synthetic.train import BRANCH_QUOTA, branch_questions
 
