@@ -919,17 +919,14 @@ def pretrain_projector(model: TokenPackerForCausalLM, token_head: TokenHead, mak
             features, multi_level = model.model.vision_tower(views)
         tokens = model.model.mm_projector(features, multi_level).tokens  # (V, G*G, H)
         step_lr = lr * min(1.0, (step + 1) / 50)
-        if mark_steps:
+        if mark_steps or (with_cells and cell_start is not None):
             losses = token_head.losses(tokens, labels)
-            if mark_only or color_only:
-                terms = [losses["centre"]] if mark_only else [losses["colour"], losses["centre"]]
+            if mark_only:
+                terms = [losses["centre"]]
+            elif color_only:
+                terms = [losses["colour"]] + ([losses["centre"]] if mark_steps else [])
             else:
                 terms = [v for k, v in losses.items() if k != "cell" or step - mark_steps >= cell_start]
-            loss = sum(terms)
-            _update(optimizer, params, loss, step_lr)
-        elif with_cells and cell_start is not None:
-            losses = token_head.losses(tokens, labels)
-            terms = [losses["colour"]] if color_only else [v for k, v in losses.items() if k != "cell" or step >= cell_start]
             loss = sum(terms)
             _update(optimizer, params, loss, step_lr)
         elif with_cells:
