@@ -1074,6 +1074,56 @@ def test_branch_attention_shows_each_branch_the_prefix_and_itself():
     assert torch.equal(mask[1, 0, :4, :4], torch.ones(4, 4, dtype=torch.bool).tril()) and positions[1].tolist() == list(range(8))
 
 
+def test_per_row_attention_is_the_branch_masks_attention():
+    """Row by row (causal prefix, masked branches on the used keys, zeros at the padding) gives one masked SDPA
+    call's output at every real token."""
+    from tokenpacker.synthetic.train import branch_attention, per_row_attention
+
+    torch.manual_seed(0)
+    mask, _ = branch_attention([(6, [(3, 5), (5, 6)]), (4, [])], 8)
+    query, key, value = (torch.randn(2, 2, 8, 4) for _ in range(3))  # (B, heads, T, head size)
+    module = torch.nn.Module()
+    module.is_causal = True
+    rows = per_row_attention(module, query, key, value, mask, [(3, 6), (4, 4)])
+    masked = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask).transpose(1, 2)  # (B, T, heads, size)
+    assert rows.shape == masked.shape == (2, 8, 2, 4)
+    torch.testing.assert_close(rows[0, :6], masked[0, :6])
+    torch.testing.assert_close(rows[1, :4], masked[1, :4])
+    assert not rows[0, 6:].any() and not rows[1, 4:].any()
+
+
+def test_a_branched_batch_gives_the_same_losses_and_gradients_row_by_row(task_tokenizer):
+    """`batch_loss(per_row=True)` on a padded batch of branched scenes with different view counts: the masked call's
+    losses, attention masses, scores and gradients, to float32 rounding."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic import train as T
+
+    torch.manual_seed(0)
+    config = default_config(task_tokenizer)
+    model = TokenPackerForCausalLM(config).train()
+    model.set_attn_implementation(T.TRAINING_ATTENTION)
+    maker = ExampleMaker(task_tokenizer, config, branches=T.BRANCH_QUOTA)
+    examples = [maker(random.Random(seed), split) for seed, split in ((5, SPLITS["small"]), (6, T.WARMUP_SPLIT))]
+    assert examples[0][0].pixel_values.shape[0] != examples[1][0].pixel_values.shape[0]  # padded, prefixes differ
+    token_head = T.TokenHead(config.text_config.hidden_size, config.scale_factor)
+    where_head = T.WhereHead(config.text_config.hidden_size // config.text_config.num_attention_heads, head=T.WHERE_HEAD)
+    trained = [p for p in model.parameters() if p.requires_grad]
+
+    def run(per_row):
+        model.zero_grad(set_to_none=True)
+        out = T.batch_loss(model, token_head, examples, where_head, 1.0, T.KEY_LAYER, 1, per_row=per_row)
+        sum(out[:5]).backward()
+        return out, torch.cat([p.grad.flatten() for p in trained if p.grad is not None])
+
+    (masked, masked_grad), (rows, rows_grad) = run(False), run(True)
+    for a, b in zip(rows[:5], masked[:5]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert rows[5].keys() == masked[5].keys() and all(
+        rows[5][k] == pytest.approx(masked[5][k], rel=1e-5, nan_ok=True) for k in masked[5])
+    assert rows[6] == masked[6]
+    assert (rows_grad - masked_grad).norm() < 1e-5 * masked_grad.norm()
+
+
 def test_each_branch_is_trained_as_its_own_single_turn_question(task_tokenizer):
     """A branched example: one prefix (system prompt, `USER:`, the image), then each question's own single-turn text
     after the image. `batch_loss` gives each branch what it gets alone: the same logits at every one of its tokens,
@@ -1141,7 +1191,7 @@ def test_the_command_line_defaults_are_the_recipes(monkeypatch):
 
     shipped = json.loads((DEFAULT_MODEL / "training.json").read_text())
     recipe = defaults | {"link_head": 1, "branches": T.BRANCH_QUOTA}  # what `train` resolves None and True to
-    newer = {"mark_weight": 1.0, "projector_mark_steps": 0}  # options newer than BD: these values run its code
+    newer = {"mark_weight": 1.0, "projector_mark_steps": 0, "per_row_attention": False}  # newer than BD: its code
     assert {k: recipe[k] for k in newer} == newer and not newer.keys() & shipped.keys()
     assert {k: shipped.get(k, newer.get(k)) for k in recipe if k not in ("tower_from", "resume_from")} == {
         k: v for k, v in recipe.items() if k not in ("tower_from", "resume_from")}

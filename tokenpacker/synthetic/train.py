@@ -628,10 +628,33 @@ class AttentionProbe:
         self.log_probs: dict[int | tuple[int, int], torch.Tensor] = {}  # the same names -> (Q, T)
         self.outputs = outputs or {}  # (layer, head) -> (batch rows (Q,), query positions (Q,))
         self.head_outputs: dict[tuple[int, int], torch.Tensor] = {}  # the same names -> (Q, head size)
+        self.segments: list[tuple[int, int]] | None = None  # with `per_row`: each row's (prefix end, used length)
+
+
+def per_row_attention(module, query, key, value, attention_mask, segments, **kwargs) -> torch.Tensor:
+    """The branch mask's attention, row by row: the shared prefix [0, p) through SDPA's causal kernel (a prefix
+    token sees the earlier prefix tokens only, so its mask row is the causal one), the branches [p, used) through
+    the masked kernel on keys [0, used) only, and zeros at the padding (which no real token sees and which carries
+    no label). The same output as one masked call over the padded batch, to rounding, without computing the
+    masked-out upper triangle and the padding (experiments/row-attention). -> (B, T, heads, head size)"""
+    rows = []
+    for row, (prefix, used) in enumerate(segments):
+        q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]
+        parts = [sdpa_attention_forward(module, q[:, :, :prefix], k[:, :, :prefix], v[:, :, :prefix], None, **kwargs)[0]]
+        if used > prefix:
+            mask = attention_mask[row : row + 1, :, prefix:used, :used]
+            parts.append(sdpa_attention_forward(module, q[:, :, prefix:used], k[:, :, :used], v[:, :, :used], mask,
+                                                **kwargs)[0])  # fmt: skip
+        parts.append(query.new_zeros(1, query.shape[2] - used, query.shape[1], value.shape[-1]))
+        rows.append(torch.cat(parts, dim=1))
+    return torch.cat(rows)
 
 
 def training_sdpa(module, query, key, value, attention_mask, attention_probe=None, **kwargs):
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if attention_mask is not None and attention_probe is not None and attention_probe.segments is not None:
+        out = (per_row_attention(module, query, key, value, attention_mask, attention_probe.segments, **kwargs), None)
+    else:
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     layer_idx = getattr(module, "layer_idx", None)
     for name, (rows, positions) in (attention_probe.queries.items() if attention_probe is not None else ()):
         layer, head = name if isinstance(name, tuple) else (name, 0)
@@ -713,7 +736,8 @@ def branch_attention(rows: list[tuple[int, list[tuple[int, int]]]], length: int)
 
 
 def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples, where_head: WhereHead | None = None,
-               where_attention: float = 1.0, count_layer: int = KEY_LAYER, link_head: int = 0):  # fmt: skip
+               where_attention: float = 1.0, count_layer: int = KEY_LAYER, link_head: int = 0,
+               per_row: bool = False):  # fmt: skip
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts (examples with `branches` get the attention mask and positions of `branch_attention`); the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
@@ -781,6 +805,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
                } if read_where and where_name is not None else {}  # fmt: skip
     probe = AttentionProbe({layer: (torch.tensor([r for r, _, _ in rows]), torch.tensor([q for _, q, _ in rows]))
                             for layer, rows in supervised.items() if rows}, outputs)  # fmt: skip
+    if per_row and attention_mask is not None:  # the branch mask, computed row by row (`per_row_attention`)
+        probe.segments = [(branches[0][0] if branches else used, used) for used, branches in branched]
     # Without branches no attention mask: the padding is on the right, so under causal attention no real token sees
     # it (the padded positions carry no label), and without a mask SDPA takes its causal kernel: the same gradients
     # bit for bit, a full-range batch's loss and backward in 1.8 s instead of 2.4 here (experiments/speed).
@@ -981,7 +1007,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           mark_values: bool = False, count_readout: bool = False,
           tower_cell_start: int | None = 1000, where_own_head: bool = True,
           token_cell_start: int | None = 400, token_cell_stage2: bool = False,
-          branches: bool = True, mark_weight: float = 1.0, projector_mark_steps: int = 0) -> TokenPackerPipeline:  # fmt: skip
+          branches: bool = True, mark_weight: float = 1.0, projector_mark_steps: int = 0,
+          per_row_attention: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1020,7 +1047,9 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     `mark_values`: stages 1b and 2's dense probe also regresses each point token's per-shape mark (`TokenHead`).
     `mark_weight`: stages 1b and 2's dense probe weighs its object-centre (count mark) term this much (`TokenHead`;
     1: the recipe; experiments/mark-weight). `projector_mark_steps`: stage 1b starts with that many steps of the tokens'
-    mark alone (`pretrain_projector`'s `mark_steps`; 0: the recipe).
+    mark alone (`pretrain_projector`'s `mark_steps`; 0: the recipe). `per_row_attention`: stages 2 and 3 compute
+    the branches' attention row by row (`per_row_attention`): the same function as one masked call, to rounding, and
+    faster, but bfloat16 rounds differently, so not the same bytes as run BD's recipe (experiments/row-attention).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`).
     `branches`: stages 2 and 3 ask each scene up to BRANCH_QUOTA questions of each type, each as its own single-turn
@@ -1115,7 +1144,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
             return WARMUP_SPLIT if step < warmup_steps else full_range(rng)
 
         weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight,
-                       where_attention=where_attention, count_layer=count_layer, link_head=link_head)
+                       where_attention=where_attention, count_layer=count_layer, link_head=link_head,
+                       per_row=per_row_attention)
         head_size = config.text_config.hidden_size // config.text_config.num_attention_heads
         where_head = (WhereHead(head_size, head=WHERE_HEAD) if where_own_head
                       else WhereHead(config.text_config.hidden_size, counts=count_readout)) if where_weight else None  # fmt: skip
@@ -1134,7 +1164,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
                              colour_link=colour_link, count_view=count_view, count_mark=count_mark,
                              count_spread=count_spread, count_head=count_head, branches=quota)
         weights = dict(key=key_weight, patch=0.0, attention=attention_weight, where=0.0, where_attention=where_attention,
-                       count_layer=count_layer, link_head=link_head)
+                       count_layer=count_layer, link_head=link_head, per_row=per_row_attention)
         times["seconds_stage3"], history, scores = train_mllm(
             model, None, dense, rng, polish_steps, polish_lr, batch_size, lambda step: full_range(rng), weights,
             log_every, "polish step", save=lambda: pipeline.save_pretrained(out), save_every=save_every, warmup=10,
@@ -1144,7 +1174,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1183,7 +1213,7 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):  # disabled: float32
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
                 model, token_head, examples, where_head, weights.get("where_attention", 1.0),
-                weights.get("count_layer", KEY_LAYER), weights.get("link_head", 0))
+                weights.get("count_layer", KEY_LAYER), weights.get("link_head", 0), weights.get("per_row", False))
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
         if step >= where_start:  # before it the WhereHead gets no gradient (AdamW skips it) and the LLM none from it
             loss = loss + weights["where"] * where_loss
@@ -1311,6 +1341,8 @@ def main(argv=None) -> None:
                         help="stages 1b-2: weight of the point tokens' count-mark (object centre) term in the dense probe")
     parser.add_argument("--projector-mark-steps", type=int, default=0,
                         help="stage 1b: first steps on the point tokens' count mark alone, before the colour steps")
+    parser.add_argument("--per-row-attention", action=argparse.BooleanOptionalAction, default=False,
+                        help="stages 2-3: the branch mask's attention row by row (causal prefix, masked branches; faster)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1323,7 +1355,7 @@ def main(argv=None) -> None:
           mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start,
           where_own_head=args.where_head, token_cell_start=args.token_cell_start,
           token_cell_stage2=args.token_cell_in_stage2, branches=args.branches, mark_weight=args.mark_weight,
-          projector_mark_steps=args.projector_mark_steps)
+          projector_mark_steps=args.projector_mark_steps, per_row_attention=args.per_row_attention)
 
 
 if __name__ == "__main__":
