@@ -750,7 +750,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     the read-out of the key words' states after KEY_LAYER (`where_head`: the `where` answers', and with its
     `counts` the counting answers' too; 0 without one or without such questions; with its `head`, the `where`
     answers from that head's output at the key word, the head taught the `where` key words' targets too, its mean
-    mass under (KEY_LAYER, head)); and, per answer, (question type, whether every answer token was the argmax)."""
+    mass under (KEY_LAYER, head)); and, per answer, (question type, whether every answer token was the argmax).
+    `per_row`: a branched batch's attention is computed row by row (`per_row_attention`), not in one masked call."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
     tower = model.model.vision_tower
     with torch.set_grad_enabled(any(p.requires_grad for p in tower.parameters())):
