@@ -16,11 +16,9 @@ from tokenpacker.synthetic import train as T
 from tokenpacker.synthetic.scenes import SPLITS
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--split", default="standard", choices=["standard", "warmup"])
-    parser.add_argument("--repeats", type=int, default=4)
-    args = parser.parse_args()
+def stage2_setup():
+    """The shipped model as stage 2 trains it (tower frozen, the training attention), the recipe's branched
+    example maker and fresh training-only heads, seed 0. -> (model, make, token_head, where_head)"""
     torch.manual_seed(0)
     pipeline = load(Path("assets/default-model"), device="cpu")
     model, config = pipeline.model, pipeline.model.config
@@ -32,6 +30,15 @@ def main() -> None:
     model.model.vision_tower.requires_grad_(False)
     model.set_attn_implementation(T.TRAINING_ATTENTION)
     model.train()
+    return model, make, token_head, where_head
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--split", default="standard", choices=["standard", "warmup"])
+    parser.add_argument("--repeats", type=int, default=4)
+    args = parser.parse_args()
+    model, make, token_head, where_head = stage2_setup()
     split = T.WARMUP_SPLIT if args.split == "warmup" else SPLITS["standard"]
     examples = [make(random.Random(5 + i), split) for i in range(8)]
     trained = [p for p in model.parameters() if p.requires_grad]

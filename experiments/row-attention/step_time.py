@@ -7,26 +7,16 @@ a fresh copy per block; the same seeded scenes in both ways). Blocks alternate m
 import argparse
 import random
 import time
-from pathlib import Path
 
 import torch
+from row_time import stage2_setup  # this script's folder is on the path when it runs
 
-from tokenpacker.loading import load
 from tokenpacker.synthetic import train as T
 from tokenpacker.synthetic.scenes import SPLITS
 
 
 def block(per_row: bool, split: dict, steps: int) -> float:
-    torch.manual_seed(0)
-    pipeline = load(Path("assets/default-model"), device="cpu")
-    model, config = pipeline.model, pipeline.model.config
-    make = T.ExampleMaker(pipeline.tokenizer, config, count_mark="first", branches=T.BRANCH_QUOTA)
-    token_head = T.TokenHead(config.text_config.hidden_size, config.scale_factor)
-    where_head = T.WhereHead(config.text_config.hidden_size // config.text_config.num_attention_heads, head=T.WHERE_HEAD)
-    model.requires_grad_(True)
-    model.model.vision_tower.requires_grad_(False)
-    model.set_attn_implementation(T.TRAINING_ATTENTION)
-    model.train()
+    model, make, token_head, where_head = stage2_setup()
     params = [p for p in model.parameters() if p.requires_grad] + list(token_head.parameters()) + list(where_head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     rng = random.Random(7)

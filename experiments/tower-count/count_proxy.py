@@ -6,7 +6,6 @@ the number of objects and of each shape (0-5 each, cross-entropy at every patch)
     PYTHONPATH=. python experiments/tower-count/count_proxy.py bd 1500     # `fresh` instead of `bd`: re-initialised
 
 "vote": the patches' mean probabilities' argmax per view; "patch": per patch; both on batches before training on them."""
-# Proxy: can the tower learn to carry the scene's object counts in every patch of the global view?
 import random, time, sys, torch, numpy as np, torch.nn.functional as F
 from pathlib import Path
 from tokenpacker.loading import load

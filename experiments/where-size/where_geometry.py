@@ -3,7 +3,7 @@ line (in cells), its size (of the shorter side), the canvas' aspect ratio and lo
 `experiments/branches/answers.py` (standard split) and regenerates its scenes.
 
     PYTHONPATH=. python experiments/where-size/where_geometry.py ANSWERS.json"""
-import json, sys, collections, numpy as np
+import json, sys, numpy as np
 from tokenpacker.synthetic.evaluate import evaluation_questions
 recs = json.load(open(sys.argv[1]))["records"]
 rows = []
