@@ -1,6 +1,6 @@
 """A checkpoint's answers to `evaluate-default`'s held-out questions, saved for pairing later without rerunning it:
 
-    PYTHONPATH=. python experiments/branches/answers.py MODEL OUT.json [--n 1000] [--split standard] [--max-tiles K]
+    PYTHONPATH=. python experiments/branches/answers.py MODEL OUT.json [--n 1000] [--split standard] [--max-tiles K] [--seed S]
     PYTHONPATH=. python experiments/branches/answers.py --pair A.json B.json
     PYTHONPATH=. python experiments/branches/answers.py --errors A.json
 
@@ -48,19 +48,21 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--split", default="standard")
     parser.add_argument("--max-tiles", type=int)
+    parser.add_argument("--seed", type=int, help="the questions' seed (default: evaluate-default's, EVAL_SEED)")
     args = parser.parse_args()
     if args.pair:
         return pair(*args.paths)
     if args.errors:
         return errors(*args.paths)
     from tokenpacker.loading import load
-    from tokenpacker.synthetic.evaluate import answered_questions
+    from tokenpacker.synthetic.evaluate import EVAL_SEED, answered_questions
 
     model, out = args.paths
+    seed = EVAL_SEED if args.seed is None else args.seed
     records = [{"kind": r.kind, "question": r.question, "expected": r.expected, "answer": r.answer}
-               for r in answered_questions(load(model, device="cpu"), args.split, args.n, args.max_tiles)]  # fmt: skip
-    json.dump({"model": model, "split": args.split, "n": args.n, "max_tiles": args.max_tiles, "records": records},
-              open(out, "w"), indent=0)  # fmt: skip
+               for r in answered_questions(load(model, device="cpu"), args.split, args.n, args.max_tiles, seed)]  # fmt: skip
+    run = {"model": model, "split": args.split, "n": args.n, "max_tiles": args.max_tiles, "seed": seed, "records": records}
+    json.dump(run, open(out, "w"), indent=0)  # files written before --seed existed have no "seed": EVAL_SEED
 
 
 if __name__ == "__main__":
