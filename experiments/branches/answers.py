@@ -1,11 +1,12 @@
 """A checkpoint's answers to `evaluate-default`'s held-out questions, saved for pairing later without rerunning it:
 
     PYTHONPATH=. python experiments/branches/answers.py MODEL OUT.json [--n 1000] [--split standard] [--max-tiles K] [--seed S]
-    PYTHONPATH=. python experiments/branches/answers.py --pair A.json B.json
+    PYTHONPATH=. python experiments/branches/answers.py --pair A.json B.json [A2.json B2.json ...]
     PYTHONPATH=. python experiments/branches/answers.py --errors A.json
 
 `--pair` prints each file's accuracy (per type too) and B - A with its paired standard error (as
-experiments/mark-and-readout/paired.py does, from the questions only one of them gets right)."""
+experiments/mark-and-readout/paired.py does, from the questions only one of them gets right); given several pairs
+(each pair one set of questions), it also prints B - A pooled over all their questions."""
 
 import argparse
 import json
@@ -13,7 +14,7 @@ import math
 from collections import Counter, defaultdict
 
 
-def pair(path_a: str, path_b: str) -> None:
+def pair(path_a: str, path_b: str) -> tuple[list, list]:
     a, b = (json.load(open(path)) for path in (path_a, path_b))
     assert [r["question"] for r in a["records"]] == [r["question"] for r in b["records"]], "not the same questions"
     for name, run in (("A", a), ("B", b)):
@@ -24,11 +25,16 @@ def pair(path_a: str, path_b: str) -> None:
         print(f"{name} {run['model']}: {total:.4f} " + " ".join(f"{k} {sum(v) / len(v):.3f}" for k, v in sorted(per_type.items())))
     right_a = [r["answer"] == r["expected"] for r in a["records"]]
     right_b = [r["answer"] == r["expected"] for r in b["records"]]
+    paired_difference(right_a, right_b)
+    return right_a, right_b
+
+
+def paired_difference(right_a: list, right_b: list, label: str = "") -> None:
     n = len(right_a)
     only_a = sum(x and not y for x, y in zip(right_a, right_b))
     only_b = sum(y and not x for x, y in zip(right_a, right_b))
     se = math.sqrt(only_a + only_b - (only_b - only_a) ** 2 / n) / n
-    print(f"n {n}  only A right {only_a}  only B right {only_b}  B - A {(only_b - only_a) / n:+.4f}  paired SE {se:.4f}")
+    print(f"{label}n {n}  only A right {only_a}  only B right {only_b}  B - A {(only_b - only_a) / n:+.4f}  paired SE {se:.4f}")
 
 
 def errors(path: str) -> None:
@@ -51,7 +57,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="the questions' seed (default: evaluate-default's, EVAL_SEED)")
     args = parser.parse_args()
     if args.pair:
-        return pair(*args.paths)
+        assert len(args.paths) % 2 == 0, "--pair takes A.json B.json, or several such pairs to pool"
+        pooled_a, pooled_b = [], []
+        for path_a, path_b in zip(args.paths[::2], args.paths[1::2]):
+            right_a, right_b = pair(path_a, path_b)
+            pooled_a += right_a
+            pooled_b += right_b
+        if len(args.paths) > 2:
+            paired_difference(pooled_a, pooled_b, label="pooled: ")
+        return
     if args.errors:
         return errors(*args.paths)
     from tokenpacker.loading import load
