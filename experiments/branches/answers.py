@@ -6,7 +6,7 @@
 
 `--pair` prints each file's accuracy (per type too) and B - A with its paired standard error (as
 experiments/mark-and-readout/paired.py does, from the questions only one of them gets right); given several pairs
-(each pair one set of questions), it also prints B - A pooled over all their questions."""
+(each pair one set of questions), it also prints B - A pooled over all their questions, and by question type."""
 
 import argparse
 import json
@@ -14,7 +14,7 @@ import math
 from collections import Counter, defaultdict
 
 
-def pair(path_a: str, path_b: str) -> tuple[list, list]:
+def pair(path_a: str, path_b: str) -> tuple[list, list, list]:
     a, b = (json.load(open(path)) for path in (path_a, path_b))
     assert [r["question"] for r in a["records"]] == [r["question"] for r in b["records"]], "not the same questions"
     for name, run in (("A", a), ("B", b)):
@@ -26,7 +26,7 @@ def pair(path_a: str, path_b: str) -> tuple[list, list]:
     right_a = [r["answer"] == r["expected"] for r in a["records"]]
     right_b = [r["answer"] == r["expected"] for r in b["records"]]
     paired_difference(right_a, right_b)
-    return right_a, right_b
+    return [r["kind"] for r in a["records"]], right_a, right_b
 
 
 def paired_difference(right_a: list, right_b: list, label: str = "") -> None:
@@ -57,14 +57,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, help="the questions' seed (default: evaluate-default's, EVAL_SEED)")
     args = parser.parse_args()
     if args.pair:
-        assert len(args.paths) % 2 == 0, "--pair takes A.json B.json, or several such pairs to pool"
-        pooled_a, pooled_b = [], []
+        if len(args.paths) % 2:
+            parser.error("--pair takes A.json B.json, or several such pairs to pool")
+        kinds, pooled_a, pooled_b = [], [], []
         for path_a, path_b in zip(args.paths[::2], args.paths[1::2]):
-            right_a, right_b = pair(path_a, path_b)
-            pooled_a += right_a
-            pooled_b += right_b
+            for pooled, part in zip((kinds, pooled_a, pooled_b), pair(path_a, path_b)):
+                pooled += part
         if len(args.paths) > 2:
             paired_difference(pooled_a, pooled_b, label="pooled: ")
+            for kind in sorted(set(kinds)):
+                a, b = ([x for k, x in zip(kinds, right) if k == kind] for right in (pooled_a, pooled_b))
+                print(f"pooled {kind}: n {len(a)}  A {sum(a) / len(a):.3f}  B {sum(b) / len(b):.3f}  B - A {(sum(b) - sum(a)) / len(a):+.3f}")
         return
     if args.errors:
         return errors(*args.paths)
