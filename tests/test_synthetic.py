@@ -891,6 +891,76 @@ def test_the_where_key_words_attention_loss_can_weigh_more(task_tokenizer, monke
         torch.testing.assert_close(heavy[i], plain[i])
 
 
+def test_the_where_answers_can_weigh_more_in_the_answer_loss(task_tokenizer):
+    """`batch_loss(..., where_answer=W)`: each `where` answer's tokens and its </s> weigh W in the answer loss, the
+    other labelled tokens 1, over the count of labelled tokens (W = 1 is the plain mean, bit for bit); the other
+    terms and the scores are untouched. Checked against the per-token cross-entropy computed here from the logits."""
+    import torch.nn.functional as F
+
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic import train as T
+
+    torch.manual_seed(0)
+    config = default_config(task_tokenizer)
+    model = TokenPackerForCausalLM(config).eval()
+    model.set_attn_implementation(T.TRAINING_ATTENTION)
+    maker, rng, examples = ExampleMaker(task_tokenizer, config, max_turns=8), random.Random(6), []
+    while sum(len(e[2].places) for e in examples) < 2 or len(examples) < 2:
+        examples.append(maker(rng, T.WARMUP_SPLIT))
+    assert any(kind != "where" for e in examples for *_, kind in e[2].spans)  # both kinds of answer in the batch
+    captured = {}
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, output: captured.update(logits=output))
+    with torch.no_grad():
+        plain = T.batch_loss(model, None, examples)
+        same = T.batch_loss(model, None, examples, where_answer=1.0)
+        heavy = T.batch_loss(model, None, examples, where_answer=4.0)
+    hook.remove()
+    for a, b in zip(plain[:5], same[:5]):
+        assert torch.equal(a, b)
+    for i in (1, 2, 3, 4):  # key-word, dense-probe, attention and where read-out terms: untouched
+        torch.testing.assert_close(heavy[i], plain[i])
+    assert heavy[6] == plain[6]
+    logits = captured["logits"].float()  # (B, T, V), the last forward's (the batch is padded the same each time)
+    # Each answer's label positions, rebuilt from the prompt ids as batch_loss places them: the visual embeddings
+    # replace the image placeholder, so a conversation's positions shift by (its visual length - 1).
+    ce = []  # (per-token cross-entropy, is a `where` answer's token)
+    for row, (prepared, ids, taught, _) in enumerate(examples):
+        shift = model.embed_visual_sequence(
+            model.model.mm_projector(*model.model.vision_tower(prepared.pixel_values)).tokens, prepared.grid
+        ).shape[0] - 1
+        for start, end, kind in taught.spans:
+            for position in range(start, end):
+                target = torch.tensor(ids[position])
+                ce.append((F.cross_entropy(logits[row, position + shift - 1], target), kind == "where"))
+    plain_expected = torch.stack([c for c, _ in ce]).mean()
+    heavy_expected = torch.stack([c * (4.0 if where else 1.0) for c, where in ce]).sum() / len(ce)
+    torch.testing.assert_close(plain[0], plain_expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(heavy[0], heavy_expected, atol=1e-5, rtol=1e-4)
+    assert heavy[0] > plain[0]
+
+
+def test_the_where_answer_weight_reaches_stage_2s_first_steps_only(task_tokenizer, monkeypatch):
+    """`train_mllm` passes `weights["where_answer"]` to `batch_loss` for steps < `weights["where_answer_steps"]`, 1
+    after them and without the keys (stage 3)."""
+    from tokenpacker.synthetic import train as T
+
+    seen = []
+    def fake_batch_loss(model, token_head, examples, *args):
+        seen.append(args[-1])
+        zero = sum(p.sum() for p in model.parameters()) * 0
+        return zero, zero, zero, zero, zero, {"link": np.nan}, []
+    monkeypatch.setattr(T, "batch_loss", fake_batch_loss)
+    torch.manual_seed(0)
+    model = T.TokenPackerForCausalLM(default_config(task_tokenizer))
+    maker = lambda rng, split: None
+    weights = dict(key=1.0, patch=0.0, attention=0.5, where=0.0)
+    T.train_mllm(model, None, maker, random.Random(0), 5, 1e-4, 1, lambda step: None,
+                 weights | dict(where_answer=3.0, where_answer_steps=2), 100, "step", lambda: None, 100)  # fmt: skip
+    T.train_mllm(model, None, maker, random.Random(0), 2, 1e-4, 1, lambda step: None, weights, 100, "step",
+                 lambda: None, 100)  # fmt: skip
+    assert seen == [3.0, 3.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+
+
 def test_the_where_read_out_trains_the_layers_up_to_the_retrieval_only(task_tokenizer):
     """`batch_loss`'s `where` term reads the key word's hidden state after layer KEY_LAYER: its gradient reaches
     that layer and the ones below, not the layers above; without a WhereHead the term is 0."""
@@ -1191,7 +1261,8 @@ def test_the_command_line_defaults_are_the_recipes(monkeypatch):
 
     shipped = json.loads((DEFAULT_MODEL / "training.json").read_text())
     recipe = defaults | {"link_head": 1, "branches": T.BRANCH_QUOTA}  # what `train` resolves None and True to
-    newer = {"mark_weight": 1.0, "projector_mark_steps": 0, "per_row_attention": False}  # newer than BD: its code
+    newer = {"mark_weight": 1.0, "projector_mark_steps": 0, "per_row_attention": False,  # newer than BD: its code
+             "where_answer_weight": 1.0, "where_answer_steps": 600}  # fmt: skip
     assert {k: recipe[k] for k in newer} == newer and not newer.keys() & shipped.keys()
     assert {k: shipped.get(k, newer.get(k)) for k in recipe if k not in ("tower_from", "resume_from")} == {
         k: v for k, v in recipe.items() if k not in ("tower_from", "resume_from")}

@@ -737,7 +737,7 @@ def branch_attention(rows: list[tuple[int, list[tuple[int, int]]]], length: int)
 
 def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, examples, where_head: WhereHead | None = None,
                where_attention: float = 1.0, count_layer: int = KEY_LAYER, link_head: int = 0,
-               per_row: bool = False):  # fmt: skip
+               per_row: bool = False, where_answer: float = 1.0):  # fmt: skip
     """Cross-entropy on the answer tokens (and their </s>) of a batch of conversations with different view
     counts (examples with `branches` get the attention mask and positions of `branch_attention`); the same at each question's key word for the answer's first token; the dense probes' losses on
     the same views' point tokens; the attention supervision (key word -> its objects' point tokens in
@@ -751,7 +751,9 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     `counts` the counting answers' too; 0 without one or without such questions; with its `head`, the `where`
     answers from that head's output at the key word, the head taught the `where` key words' targets too, its mean
     mass under (KEY_LAYER, head)); and, per answer, (question type, whether every answer token was the argmax).
-    `per_row`: a branched batch's attention is computed row by row (`per_row_attention`), not in one masked call."""
+    `per_row`: a branched batch's attention is computed row by row (`per_row_attention`), not in one masked call.
+    `where_answer`: the `where` answers' tokens (and their </s>) weigh this much in the answer loss, the others 1 (its
+    mean stays over all answer tokens, so the other answers' gradients are unchanged)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
     tower = model.model.vision_tower
     with torch.set_grad_enabled(any(p.requires_grad for p in tower.parameters())):
@@ -760,6 +762,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     dense = torch.cat([labels for *_, labels in examples])
     patch_loss = token_head.loss(tokens, dense) if token_head is not None else tokens.sum() * 0
     sequences, targets, answers, keys, places, tallies, where_rows, spread_rows, offset = [], [], [], [], [], [], [], [], 0
+    where_spans = []  # per `where` answer: (row, first sequence position, end), its words and </s>
     branched = []  # per row its length and its branches' sequence positions (`branch_attention`)
     count_name = (count_layer, COUNT_HEAD)  # with `count_head` examples: counting's own head, taught an even spread
     where_name = (KEY_LAYER, where_head.head) if where_head is not None and where_head.head is not None else None
@@ -779,6 +782,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         for start, end, kind in taught.spans:
             labels[start + shift : end + shift] = torch.tensor(ids[start:end])
             answers.append((len(sequences), start + shift, end - 1 + shift, kind))  # the answer's words, not </s>
+            if kind == "where":
+                where_spans.append((len(sequences), start + shift, end + shift))
         keys += [(len(sequences), position + shift, target) for position, target, _ in taught.keys]
         supervised[KEY_LAYER] += [(len(sequences), position + shift, objects) for position, _, objects in taught.keys]
         where_keys = {key for key, _, _ in taught.places}
@@ -840,6 +845,13 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
             masses["where"] = attention_mass_loss(probe.log_probs[KEY_LAYER][chosen],
                                                   [t for (*_, t), w in zip(supervised[KEY_LAYER], where_rows) if w])[1]
     answer_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+    if where_answer != 1.0 and where_spans:
+        token_weights = torch.ones(labels.shape)  # (B, T): the weight of the label at each position
+        for row, start, end in where_spans:
+            token_weights[row, start:end] = where_answer
+        per_token = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                    ignore_index=-100, reduction="none")  # fmt: skip
+        answer_loss = (per_token * token_weights[:, 1:].reshape(-1)).sum() / (labels[:, 1:] != -100).sum()
     right = logits.argmax(-1)[:, :-1] == labels[:, 1:]  # (B, T-1): the token after each position
     scores = [(kind, bool(right[i, start - 1 : end - 1].all())) for i, start, end, kind in answers]
     # Intermediate supervision: at the question's key word ('triangle' in 'What color is the triangle?') the
@@ -1009,7 +1021,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           tower_cell_start: int | None = 1000, where_own_head: bool = True,
           token_cell_start: int | None = 400, token_cell_stage2: bool = False,
           branches: bool = True, mark_weight: float = 1.0, projector_mark_steps: int = 0,
-          per_row_attention: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          per_row_attention: bool = False, where_answer_weight: float = 1.0,
+          where_answer_steps: int = 600) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1051,6 +1064,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     mark alone (`pretrain_projector`'s `mark_steps`; 0: the recipe). `per_row_attention`: stages 2 and 3 compute
     the branches' attention row by row (`per_row_attention`): the same function as one masked call, to rounding, and
     faster, but bfloat16 rounds differently, so not the same bytes as run BD's recipe (experiments/row-attention).
+    `where_answer_weight`: in stage 2's first `where_answer_steps` steps the `where` answers' tokens weigh this much in
+    the answer loss (`batch_loss`'s `where_answer`; 1: the recipe; experiments/where-answer-weight).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`).
     `branches`: stages 2 and 3 ask each scene up to BRANCH_QUOTA questions of each type, each as its own single-turn
@@ -1146,7 +1161,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
 
         weights = dict(key=key_weight, patch=patch_weight, attention=attention_weight, where=where_weight,
                        where_attention=where_attention, count_layer=count_layer, link_head=link_head,
-                       per_row=per_row_attention)
+                       per_row=per_row_attention, where_answer=where_answer_weight, where_answer_steps=where_answer_steps)
         head_size = config.text_config.hidden_size // config.text_config.num_attention_heads
         where_head = (WhereHead(head_size, head=WHERE_HEAD) if where_own_head
                       else WhereHead(config.text_config.hidden_size, counts=count_readout)) if where_weight else None  # fmt: skip
@@ -1175,7 +1190,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1214,7 +1229,8 @@ def train_mllm(model: TokenPackerForCausalLM, token_head: TokenHead | None, make
         with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):  # disabled: float32
             answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, batch_scores = batch_loss(
                 model, token_head, examples, where_head, weights.get("where_attention", 1.0),
-                weights.get("count_layer", KEY_LAYER), weights.get("link_head", 0), weights.get("per_row", False))
+                weights.get("count_layer", KEY_LAYER), weights.get("link_head", 0), weights.get("per_row", False),
+                weights.get("where_answer", 1.0) if step < weights.get("where_answer_steps", 0) else 1.0)
         loss = answer_loss + weights["key"] * key_loss + weights["patch"] * patch_loss + weights["attention"] * attention_loss
         if step >= where_start:  # before it the WhereHead gets no gradient (AdamW skips it) and the LLM none from it
             loss = loss + weights["where"] * where_loss
@@ -1344,6 +1360,11 @@ def main(argv=None) -> None:
                         help="stage 1b: first steps on the point tokens' count mark alone, before the colour steps")
     parser.add_argument("--per-row-attention", action=argparse.BooleanOptionalAction, default=False,
                         help="stages 2-3: the branch mask's attention row by row (causal prefix, masked branches; faster)")
+    parser.add_argument("--where-answer-weight", type=float, default=1.0,
+                        help="stage 2: weight of the `where` answers' tokens in the answer loss (the others' 1), in its "
+                             "first --where-answer-steps steps")
+    parser.add_argument("--where-answer-steps", type=int, default=600,
+                        help="stage 2's first steps with --where-answer-weight")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1356,7 +1377,8 @@ def main(argv=None) -> None:
           mark_values=args.mark_values, count_readout=args.count_readout, tower_cell_start=args.tower_cell_start,
           where_own_head=args.where_head, token_cell_start=args.token_cell_start,
           token_cell_stage2=args.token_cell_in_stage2, branches=args.branches, mark_weight=args.mark_weight,
-          projector_mark_steps=args.projector_mark_steps, per_row_attention=args.per_row_attention)
+          projector_mark_steps=args.projector_mark_steps, per_row_attention=args.per_row_attention,
+          where_answer_weight=args.where_answer_weight, where_answer_steps=args.where_answer_steps)
 
 
 if __name__ == "__main__":
