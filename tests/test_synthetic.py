@@ -855,10 +855,8 @@ def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
         train(Path("unused"), colour_link=False, link_head=1)
 
 
-def test_the_where_key_words_attention_loss_can_weigh_more(task_tokenizer, monkeypatch):
-    """`batch_loss(..., where_attention=W)`: in layer KEY_LAYER the `where` key words' rows of the attention-mass
-    loss weigh W, the others 1 (the sum over rows divided by their count: W = 1 is the plain mean, bit for bit);
-    nothing else changes; their own mean mass comes back as masses["where"]."""
+def where_batch(task_tokenizer):
+    """-> (a random model ready for `batch_loss`, two or more warm-up conversations with two or more `where` questions)."""
     from tokenpacker.modeling import TokenPackerForCausalLM
     from tokenpacker.synthetic import train as T
 
@@ -869,6 +867,16 @@ def test_the_where_key_words_attention_loss_can_weigh_more(task_tokenizer, monke
     maker, rng, examples = ExampleMaker(task_tokenizer, config, max_turns=8), random.Random(6), []
     while sum(len(e[2].places) for e in examples) < 2 or len(examples) < 2:
         examples.append(maker(rng, T.WARMUP_SPLIT))
+    return model, examples
+
+
+def test_the_where_key_words_attention_loss_can_weigh_more(task_tokenizer, monkeypatch):
+    """`batch_loss(..., where_attention=W)`: in layer KEY_LAYER the `where` key words' rows of the attention-mass
+    loss weigh W, the others 1 (the sum over rows divided by their count: W = 1 is the plain mean, bit for bit);
+    nothing else changes; their own mean mass comes back as masses["where"]."""
+    from tokenpacker.synthetic import train as T
+
+    model, examples = where_batch(task_tokenizer)
     calls, original = [], T.attention_mass_loss
     monkeypatch.setattr(T, "attention_mass_loss", lambda *args: calls.append(args) or original(*args))
     with torch.no_grad():
@@ -897,16 +905,9 @@ def test_the_where_answers_can_weigh_more_in_the_answer_loss(task_tokenizer):
     terms and the scores are untouched. Checked against the per-token cross-entropy computed here from the logits."""
     import torch.nn.functional as F
 
-    from tokenpacker.modeling import TokenPackerForCausalLM
     from tokenpacker.synthetic import train as T
 
-    torch.manual_seed(0)
-    config = default_config(task_tokenizer)
-    model = TokenPackerForCausalLM(config).eval()
-    model.set_attn_implementation(T.TRAINING_ATTENTION)
-    maker, rng, examples = ExampleMaker(task_tokenizer, config, max_turns=8), random.Random(6), []
-    while sum(len(e[2].places) for e in examples) < 2 or len(examples) < 2:
-        examples.append(maker(rng, T.WARMUP_SPLIT))
+    model, examples = where_batch(task_tokenizer)
     assert any(kind != "where" for e in examples for *_, kind in e[2].spans)  # both kinds of answer in the batch
     captured = {}
     hook = model.lm_head.register_forward_hook(lambda module, inputs, output: captured.update(logits=output))
