@@ -753,7 +753,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     mass under (KEY_LAYER, head)); and, per answer, (question type, whether every answer token was the argmax).
     `per_row`: a branched batch's attention is computed row by row (`per_row_attention`), not in one masked call.
     `where_answer`: the `where` answers' tokens (and their </s>) weigh this much in the answer loss, the others 1 (its
-    mean stays over all answer tokens, so the other answers' gradients are unchanged)."""
+    mean stays over all answer tokens, so the other answers' gradients are unchanged; the answer loss returned, and
+    so the one training logs, is the weighted one)."""
     views = torch.cat([prepared.pixel_values for prepared, *_ in examples])
     tower = model.model.vision_tower
     with torch.set_grad_enabled(any(p.requires_grad for p in tower.parameters())):
