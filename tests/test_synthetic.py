@@ -946,6 +946,7 @@ def test_the_where_answer_weight_reaches_stage_2s_first_steps_only(task_tokenize
     from tokenpacker.synthetic import train as T
 
     seen = []
+
     def fake_batch_loss(model, token_head, examples, *args):
         seen.append(args[-1])
         zero = sum(p.sum() for p in model.parameters()) * 0

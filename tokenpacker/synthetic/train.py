@@ -845,14 +845,15 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         with torch.no_grad():
             masses["where"] = attention_mass_loss(probe.log_probs[KEY_LAYER][chosen],
                                                   [t for (*_, t), w in zip(supervised[KEY_LAYER], where_rows) if w])[1]
-    answer_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
-    if where_answer != 1.0 and where_spans:
+    predicted, wanted = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)  # next-token pairs
+    if where_answer == 1.0 or not where_spans:
+        answer_loss = F.cross_entropy(predicted, wanted, ignore_index=-100)
+    else:
         token_weights = torch.ones(labels.shape)  # (B, T): the weight of the label at each position
         for row, start, end in where_spans:
             token_weights[row, start:end] = where_answer
-        per_token = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                    ignore_index=-100, reduction="none")  # fmt: skip
-        answer_loss = (per_token * token_weights[:, 1:].reshape(-1)).sum() / (labels[:, 1:] != -100).sum()
+        per_token = F.cross_entropy(predicted, wanted, ignore_index=-100, reduction="none")
+        answer_loss = (per_token * token_weights[:, 1:].reshape(-1)).sum() / (wanted != -100).sum()
     right = logits.argmax(-1)[:, :-1] == labels[:, 1:]  # (B, T-1): the token after each position
     scores = [(kind, bool(right[i, start - 1 : end - 1].all())) for i, start, end, kind in answers]
     # Intermediate supervision: at the question's key word ('triangle' in 'What color is the triangle?') the
