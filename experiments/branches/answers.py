@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python experiments/branches/answers.py MODEL OUT.json [--n 1000] [--split standard] [--max-tiles K] [--seed S]
     PYTHONPATH=. python experiments/branches/answers.py --pair A.json B.json [A2.json B2.json ...]
-    PYTHONPATH=. python experiments/branches/answers.py --errors A.json
+    PYTHONPATH=. python experiments/branches/answers.py --errors A.json [A2.json ...]
 
 `--pair` prints each file's accuracy (per type too) and B - A with its paired standard error (as
 experiments/mark-and-readout/paired.py does, from the questions only one of them gets right); given several pairs
@@ -37,13 +37,19 @@ def paired_difference(right_a: list, right_b: list, label: str = "") -> None:
     print(f"{label}n {n}  only A right {only_a}  only B right {only_b}  B - A {(only_b - only_a) / n:+.4f}  paired SE {se:.4f}")
 
 
-def errors(path: str) -> None:
-    """Per question type, the number of wrong answers and the commonest (expected -> answer) confusions."""
-    records = json.load(open(path))["records"]
+def errors(paths: list[str]) -> None:
+    """Per question type, pooled over the files: the number of wrong answers, the commonest (expected -> answer)
+    confusions, and the accuracy by expected answer."""
+    records = [r for path in paths for r in json.load(open(path))["records"]]
     for kind in sorted({r["kind"] for r in records}):
         wrong = Counter((r["expected"], r["answer"]) for r in records if r["kind"] == kind and r["answer"] != r["expected"])
         top = ", ".join(f"{e} -> {a} {k}" for (e, a), k in wrong.most_common(6))
         print(f"{kind}: {sum(wrong.values())} wrong of {sum(r['kind'] == kind for r in records)}; {top}")
+        right_by_expected = defaultdict(list)
+        for r in records:
+            if r["kind"] == kind:
+                right_by_expected[r["expected"]].append(r["answer"] == r["expected"])
+        print("  by expected answer: " + ", ".join(f"{e} {sum(v) / len(v):.2f} of {len(v)}" for e, v in sorted(right_by_expected.items())))
 
 
 def main() -> None:
@@ -70,7 +76,7 @@ def main() -> None:
                 print(f"pooled {kind}: n {len(a)}  A {sum(a) / len(a):.3f}  B {sum(b) / len(b):.3f}  B - A {(sum(b) - sum(a)) / len(a):+.3f}")
         return
     if args.errors:
-        return errors(*args.paths)
+        return errors(args.paths)
     from tokenpacker.loading import load
     from tokenpacker.synthetic.evaluate import EVAL_SEED, answered_questions
 
