@@ -805,6 +805,45 @@ def test_the_where_read_out_can_read_a_head_of_its_own(task_tokenizer):
     assert masses[KEY_LAYER] == plain_masses[KEY_LAYER]
 
 
+def test_with_a_head_of_its_own_the_count_read_out_reads_the_count_head(task_tokenizer):
+    """`WhereHead(head=WHERE_HEAD, counts=True)` reads each counting answer from the count head's output (layer
+    KEY_LAYER's head COUNT_HEAD, o_proj's input, recomputed here) at the counting key word, not from the key word's
+    hidden state; its `where` part is the same head's read-out as without `counts`. `train` asks for `count_head`."""
+    import torch.nn.functional as F
+
+    from tokenpacker.synthetic.train import COUNT_HEAD, KEY_LAYER, WHERE_HEAD, WhereHead, batch_loss, train
+
+    config, model, example = read_out_setup(task_tokenizer, 3, lambda taught: taught.places and taught.tallies)
+    size = config.text_config.hidden_size // config.text_config.num_attention_heads
+    torch.manual_seed(1)
+    where_only = WhereHead(size, head=WHERE_HEAD)
+    torch.manual_seed(1)
+    counting = WhereHead(size, counts=True, head=WHERE_HEAD)
+    assert counting.counts.in_features == size
+    heads_in = {}
+    o_proj = model.model.layers[KEY_LAYER].self_attn.o_proj
+    hook = o_proj.register_forward_pre_hook(lambda m, args: heads_in.update(x=args[0]))
+    try:
+        both = batch_loss(model, None, [example], counting)[4]
+    finally:
+        hook.remove()
+    plain = batch_loss(model, None, [example], where_only)[4]
+    prepared, _, taught, _ = example
+    with torch.no_grad():
+        tokens = model.model.mm_projector(*model.model.vision_tower(prepared.pixel_values)).tokens
+        shift = len(model.embed_visual_sequence(tokens, prepared.grid)) - 1
+    positions = torch.tensor([key + shift for key, _ in taught.tallies])
+    answers = torch.tensor([n for _, n in taught.tallies])
+    read = heads_in["x"][0, positions, COUNT_HEAD * size : (COUNT_HEAD + 1) * size]  # (Q, size): the count head's output
+    by_hand = F.cross_entropy(counting.counts(read.float()), answers)
+    assert by_hand.item() > 0
+    torch.testing.assert_close(both, plain + by_hand, atol=1e-5, rtol=1e-5)
+    other = heads_in["x"][0, positions, WHERE_HEAD * size : (WHERE_HEAD + 1) * size]  # another head gives another loss
+    assert abs(F.cross_entropy(counting.counts(other.float()), answers).item() - by_hand.item()) > 1e-4
+    with pytest.raises(ValueError, match="needs count_head"):
+        train(Path("unused"), count_readout=True, where_own_head=True)
+
+
 def test_colour_links_tie_the_shape_word_to_its_colour_word(task_tokenizer):
     """With `colour_link`, each `where`/`exists` question gives (its key word, the colour word's last piece), and
     `batch_loss` supervises head 0 of layer COLOUR_LINK_LAYER there (its mass logged), or with `link_head` that head;

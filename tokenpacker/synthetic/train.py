@@ -587,7 +587,9 @@ class WhereHead(torch.nn.Module):
     with it 0.79, experiments/where-oracle). With `counts`, it also reads a counting question's answer (0 to
     MAX_COUNT) from its key word's state after the same layer (`count_loss`; experiments/count-readout). With `head`,
     it reads the `where` answer from that head's output at the key word instead (before o_proj: `width` is the head's
-    size), and `batch_loss` teaches that head the `where` key word's attention target (experiments/where-head)."""
+    size), and `batch_loss` teaches that head the `where` key word's attention target (experiments/where-head); with
+    `head` and `counts`, the counting answer is read from the count head's output at its key word (layer
+    `count_layer`'s head COUNT_HEAD, of the same size; experiments/count-head-readout)."""
 
     def __init__(self, width: int, counts: bool = False, head: int | None = None):
         super().__init__()
@@ -750,7 +752,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     the read-out of the key words' states after KEY_LAYER (`where_head`: the `where` answers', and with its
     `counts` the counting answers' too; 0 without one or without such questions; with its `head`, the `where`
     answers from that head's output at the key word, the head taught the `where` key words' targets too, its mean
-    mass under (KEY_LAYER, head)); and, per answer, (question type, whether every answer token was the argmax).
+    mass under (KEY_LAYER, head), and the counting answers from the count head's output at theirs); and, per answer, (question type, whether every answer token was the argmax).
     `per_row`: a branched batch's attention is computed row by row (`per_row_attention`), not in one masked call.
     `where_answer`: the `where` answers' tokens (and their </s>) weigh this much in the answer loss, the others 1 (its
     mean stays over all answer tokens, so the other answers' gradients are unchanged; the answer loss returned, and
@@ -810,6 +812,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     read_where, after_key_layer = where_head is not None and bool(places), {}
     outputs = {where_name: (torch.tensor([r for r, _, _, _ in places]), torch.tensor([k for _, k, _, _ in places]))
                } if read_where and where_name is not None else {}  # fmt: skip
+    if read_counts and where_name is not None:  # a read-out of heads: n from the count head's output at its key word
+        outputs[count_name] = (torch.tensor([r for r, _, _ in tallies]), torch.tensor([k for _, k, _ in tallies]))
     probe = AttentionProbe({layer: (torch.tensor([r for r, _, _ in rows]), torch.tensor([q for _, q, _ in rows]))
                             for layer, rows in supervised.items() if rows}, outputs)  # fmt: skip
     if per_row and attention_mask is not None:  # the branch mask, computed row by row (`per_row_attention`)
@@ -821,7 +825,7 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     # only: `output_hidden_states` leaves transformers' output recorders hooked on the layers, and a stage 3
     # resumed from a checkpoint then no longer matched the full run's (its losses differed in the 4th digit)
     record = lambda module, inputs, output: after_key_layer.update(hidden=output[0] if isinstance(output, tuple) else output)
-    hooked = (read_where and where_name is None) or read_counts
+    hooked = (read_where or read_counts) and where_name is None
     hook = model.model.layers[KEY_LAYER].register_forward_hook(record) if hooked else None
     try:
         logits = model(inputs_embeds=padded, attention_mask=attention_mask, position_ids=position_ids,
@@ -868,7 +872,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
         where_loss = where_loss + where_head.loss(read, where_rows, where_columns)
     if read_counts:  # the count read-out shares the `where` read-out's term (and so its weight and start)
         rows, positions, answers_n = (torch.tensor(column) for column in zip(*tallies))
-        where_loss = where_loss + where_head.count_loss(after_key_layer["hidden"][rows, positions], answers_n)
+        read = probe.head_outputs[count_name] if where_name is not None else after_key_layer["hidden"][rows, positions]
+        where_loss = where_loss + where_head.count_loss(read, answers_n)
     return answer_loss, key_loss, patch_loss, attention_loss, where_loss, masses, scores
 
 
@@ -1069,7 +1074,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     `where_answer_weight`: in stage 2's first `where_answer_steps` steps the `where` answers' tokens weigh this much in
     the answer loss (`batch_loss`'s `where_answer`; 1: the recipe; experiments/where-answer-weight).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
-    word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`).
+    word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`); with
+    `where_own_head` it reads n from the count head's output at the key word instead (needs `count_head`).
     `branches`: stages 2 and 3 ask each scene up to BRANCH_QUOTA questions of each type, each as its own single-turn
     conversation after one shared prefix (`ExampleMaker(branches=)`, `branch_attention`): about 13 answers a scene
     instead of 1-8 (stage 3: 4-12) turns of one conversation, for ~1.6x the time of a step (experiments/branches).
@@ -1083,8 +1089,10 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     in a full one."""
     if count_readout and not where_weight:
         raise ValueError("count_readout needs where_weight > 0: the count read-out shares the `where` read-out's term")
-    if where_own_head and (not where_weight or count_readout):
-        raise ValueError("where_own_head is where the `where` read-out reads: it needs where_weight > 0 and no count_readout")
+    if where_own_head and not where_weight:
+        raise ValueError("where_own_head is where the `where` read-out reads: it needs where_weight > 0")
+    if where_own_head and count_readout and not count_head:
+        raise ValueError("with where_own_head the count read-out reads the count head's output: it needs count_head")
     if link_head is None:
         link_head = 1 if colour_link else 0
     elif link_head and not colour_link:
@@ -1165,7 +1173,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
                        where_attention=where_attention, count_layer=count_layer, link_head=link_head,
                        per_row=per_row_attention, where_answer=where_answer_weight, where_answer_steps=where_answer_steps)
         head_size = config.text_config.hidden_size // config.text_config.num_attention_heads
-        where_head = (WhereHead(head_size, head=WHERE_HEAD) if where_own_head
+        where_head = (WhereHead(head_size, counts=count_readout, head=WHERE_HEAD) if where_own_head
                       else WhereHead(config.text_config.hidden_size, counts=count_readout)) if where_weight else None  # fmt: skip
         times["seconds_stage2"], history, scores = train_mllm(
             model, token_head, make, rng, steps, lr, batch_size, stage2_split, weights, log_every, "step",
@@ -1339,7 +1347,8 @@ def main(argv=None) -> None:
                              "the token at unit RMS, so that every mark reads the same in one direction")
     parser.add_argument("--count-readout", action="store_true",
                         help="stage 2: the `where` read-out also reads each counting answer from its key word after "
-                             "layer 1 (same weight and start)")
+                             "layer 1 (same weight and start); with --where-head from the count head's output there "
+                             "(needs --count-head)")
     parser.add_argument("--tower-cell-start", type=step_or_off, default=1000,
                         help="stage 1: the 3 x 3 cell as a target of the tower's patches alone, from this step on "
                              "('off': never)")
