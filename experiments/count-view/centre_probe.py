@@ -14,6 +14,11 @@ multi-level patch features (the projector's keys and values; the patch labels' c
 point tokens (s patches each), so that the two tables' rows compare. `--count-mark first`: the same for the mark
 `train.count_marks` calls "first" (the object's first patch in reading order) in place of the centre (a model trained
 with `--count-mark first`); "centre" in the table then means that mark.
+
+Last, how countable the marks are for `How many objects are there?`: count the object tokens (patches; objects by
+the labels, as the read-out was fitted on them) of the tiles (or the only view) whose read-out score passes a
+threshold, the threshold that counts the fitted scenes best; the held-out scenes' share counted exactly, by the
+true n. A linear read-out, one threshold and the objects given, so not a bound on what an LLM could do either way.
 """
 
 import argparse
@@ -75,6 +80,7 @@ def main() -> None:
     grid = config.raw_grid
     scale = config.scale_factor
     rng = random.Random(PROBE_SEED)
+    local, truths = [], []  # per scene: (N,) bool, the tiles' (or the only view's) tokens or patches; its n objects
     features, centres, on_object, objects = [], [], [], []  # per scene: (N, width) tokens or patches, (N,) centre
     # labels, (N,) bool: an object's, rows (view kind, object side in point tokens, centre in view, its indices)
     for _ in range(args.scenes):
@@ -89,6 +95,8 @@ def main() -> None:
             values = model.model.mm_projector(tower_features, multi_level).tokens.float()
             dense, per_token = token_labels(labels, scale), 1
         G = dense.shape[-1]
+        local.append(torch.tensor([view.kind != "global" for view in prepared.views]).repeat_interleave(G * G))
+        truths.append(len(scene.objects))
         features.append(values.flatten(0, 1))
         centres.append(dense[:, 2].flatten())
         rows = []
@@ -143,6 +151,25 @@ def main() -> None:
                       f"{share(lambda c: c == 0):>6.2f} {share(lambda c: c == 1):>6.2f} {share(lambda c: c >= 2):>6.2f} "
                       f"{sum(calls) / len(calls):>6.2f} " + (f"{sum(top) / len(top):>13.2f}"
                       if centre_here and (top := ranked_first[kind, name]) else f"{'':>13}"))
+
+
+    scores = [probe((f - mean) / std)[:, 0] for f in features]
+    counted_on = [local[i] & on_object[i] for i in range(args.scenes)]  # the tiles' object tokens
+    counted = lambda threshold, scenes: [int((scores[i][counted_on[i]] > threshold).sum()) for i in scenes]
+    fit_scenes, held_scenes = range(fitted), range(fitted, args.scenes)
+    candidates = torch.cat([scores[i][counted_on[i]] for i in fit_scenes]).quantile(torch.linspace(0.0, 0.999, 400))
+    exact = lambda threshold, scenes: sum(c == truths[i] for c, i in zip(counted(threshold, scenes), scenes))
+    threshold = max(candidates.tolist(), key=lambda t: exact(t, fit_scenes))
+    by_n = defaultdict(list)
+    for c, i in zip(counted(threshold, held_scenes), held_scenes):
+        by_n[truths[i]].append(c - truths[i])
+    print(f"  counting the object {unit} of the tiles (or the only view) that pass the read-out's best threshold on the fitted "
+          f"scenes ({threshold:.2f}), held-out scenes: exact {exact(threshold, held_scenes) / len(held_scenes):.3f}")
+    print(f"  {'n':>3} {'scenes':>6} {'exact':>6} {'one off':>7} {'mean error':>10}")
+    for n in sorted(by_n):
+        errors = by_n[n]
+        print(f"  {n:>3} {len(errors):>6} {sum(e == 0 for e in errors) / len(errors):>6.2f} "
+              f"{sum(abs(e) == 1 for e in errors) / len(errors):>7.2f} {sum(errors) / len(errors):>+10.2f}")
 
 
 if __name__ == "__main__":
