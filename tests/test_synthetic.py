@@ -412,6 +412,34 @@ def test_the_tower_cell_target_can_start_late():
     assert with_cell.loss(features, labels).item() > plain.loss(features, labels).item()
 
 
+def test_the_shape_term_can_weigh_each_object_as_much_as_another():
+    """`PatchHead(balanced_shapes=True)`: stage 1's shape term is the mean over objects (per view) of each object's
+    mean cross-entropy over its outline patches, so a large object counts as much as a small one; plain, the mean
+    over all outline patches. `object_weights` gives each object's chosen patches 1 / their number."""
+    import torch.nn.functional as F
+
+    from tokenpacker.synthetic.train import PatchHead, boundary, object_weights
+
+    torch.manual_seed(0)
+    plain = PatchHead(16, hidden=8)
+    torch.manual_seed(0)
+    balanced = PatchHead(16, hidden=8, balanced_shapes=True)
+    # one view, 4 x 4 patches: a red square of 6 patches and a one-patch green triangle
+    colours = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 2]])[None]
+    shapes = torch.tensor([[2, 2, 2, 0], [2, 2, 2, 0], [0, 0, 0, 0], [0, 0, 0, 3]])[None]
+    labels = torch.stack([colours, shapes, torch.zeros_like(colours), torch.full_like(colours, -1)], 1)
+    edge = boundary(colours).reshape(-1)
+    weights = object_weights(labels, edge)
+    # the view's border counts as the square's own: its outline patches are the 4 beside background
+    assert edge.sum() == 5 and torch.allclose(weights[edge], torch.tensor([1 / 4] * 4 + [1.0]))
+    assert weights[~edge].abs().sum() == 0
+    features = torch.randn(1, 16, 16, generator=torch.Generator().manual_seed(1))
+    shape_only = lambda head: head.loss(features, labels, shape_only=True)
+    per_patch = F.cross_entropy(plain.shapes(features[0][edge]), shapes.reshape(-1)[edge] - 1, reduction="none")
+    torch.testing.assert_close(shape_only(plain), per_patch.mean())
+    torch.testing.assert_close(shape_only(balanced), (per_patch[:4].mean() + per_patch[4]) / 2)
+
+
 def test_the_centre_loss_can_weigh_the_rare_centres_as_much_as_the_rest():
     """`centre_loss(balanced=True)`: the mean of the centres' and the other tokens' mean cross-entropy; plain, and
     where a batch has no centre (or only centres), the ordinary cross-entropy."""

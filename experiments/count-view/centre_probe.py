@@ -28,10 +28,11 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
+from experiments.objects import object_tokens
 from tokenpacker.image_processing import ImageProcessor
 from tokenpacker.loading import load
 from tokenpacker.synthetic.probe import PROBE_SEED
-from tokenpacker.synthetic.scenes import COLORS, SHAPES, SPLITS, random_scene
+from tokenpacker.synthetic.scenes import SPLITS, random_scene
 from tokenpacker.synthetic.train import COUNT_MARKS, count_marks, patch_labels, token_labels
 
 SIZE_BINS = [("< 1", 1.0), ("1-2", 2.0), ("2-4", 4.0), (">= 4", float("inf"))]  # object side, in point tokens
@@ -49,20 +50,6 @@ def fit_balanced_probe(x: torch.Tensor, y: torch.Tensor, steps: int = 400) -> to
             loss.backward()
             optimizer.step()
     return probe
-
-
-def object_tokens(obj, view, labels: torch.Tensor, grid: int) -> torch.Tensor:
-    """(grid, grid) bool: the view's tokens (or patches) inside the object's box whose labels (4, grid, grid) show
-    its colour and shape."""
-    step = view.size / grid
-    (u0, v0), (u1, v1) = view.from_image(*obj.box[:2]), view.from_image(*obj.box[2:])
-    in_box = torch.zeros(grid, grid, dtype=torch.bool)
-    c0, c1 = max(0, int(u0 // step)), min(grid - 1, int(u1 // step))
-    r0, r1 = max(0, int(v0 // step)), min(grid - 1, int(v1 // step))
-    if c0 <= c1 and r0 <= r1:
-        in_box[r0 : r1 + 1, c0 : c1 + 1] = True
-    same = (labels[0] == 1 + list(COLORS).index(obj.color)) & (labels[1] == 1 + list(SHAPES).index(obj.shape))
-    return in_box & same
 
 
 @torch.no_grad()
@@ -151,8 +138,6 @@ def main() -> None:
                       f"{share(lambda c: c == 0):>6.2f} {share(lambda c: c == 1):>6.2f} {share(lambda c: c >= 2):>6.2f} "
                       f"{sum(calls) / len(calls):>6.2f} " + (f"{sum(top) / len(top):>13.2f}"
                       if centre_here and (top := ranked_first[kind, name]) else f"{'':>13}"))
-
-
     scores = [probe((f - mean) / std)[:, 0] for f in features]
     counted_on = [local[i] & on_object[i] for i in range(args.scenes)]  # the tiles' object tokens
     counted = lambda threshold, scenes: [int((scores[i][counted_on[i]] > threshold).sum()) for i in scenes]

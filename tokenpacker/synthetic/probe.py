@@ -26,23 +26,32 @@ from .train import WARMUP_SPLIT, ExampleMaker, boundary, token_labels
 PROBE_SEED = 4321  # scenes for probing; neither the training nor the evaluation seed
 
 
-def linear_probe_accuracy(features: torch.Tensor, targets: torch.Tensor, held_out: torch.Tensor, classes: int,
-                          steps: int = 300) -> float:  # fmt: skip
-    """Accuracy on the `held_out` rows of a softmax-regression probe fitted on the others: (N, D) features,
-    (N,) integer targets, (N,) bool."""
-    fit = ~held_out
-    x = (features - features[fit].mean(0)) / (features[fit].std(0) + 1e-5)  # statistics of the fitted rows only
+def fit_linear_probe(features: torch.Tensor, targets: torch.Tensor, classes: int, steps: int = 300):
+    """A softmax-regression probe fitted on (N, D) features and (N,) integer targets; -> a function from (M, D)
+    features to (M, classes) logits (features standardised with the fitted rows' statistics)."""
+    mean, std = features.mean(0), features.std(0) + 1e-5
+    x = (features - mean) / std
     weight = torch.zeros(x.shape[1], classes, requires_grad=True)
     bias = torch.zeros(classes, requires_grad=True)
     optimizer = torch.optim.Adam([weight, bias], lr=1e-2)
     with torch.enable_grad():
         for _ in range(steps):
-            loss = F.cross_entropy(x[fit] @ weight + bias, targets[fit])
+            loss = F.cross_entropy(x @ weight + bias, targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+    weight, bias = weight.detach(), bias.detach()
+    return lambda new: ((new - mean) / std) @ weight + bias
+
+
+def linear_probe_accuracy(features: torch.Tensor, targets: torch.Tensor, held_out: torch.Tensor, classes: int,
+                          steps: int = 300) -> float:  # fmt: skip
+    """Accuracy on the `held_out` rows of a softmax-regression probe fitted on the others: (N, D) features,
+    (N,) integer targets, (N,) bool."""
+    fit = ~held_out
+    logits = fit_linear_probe(features[fit], targets[fit], classes, steps)
     with torch.no_grad():
-        return ((x[held_out] @ weight + bias).argmax(-1) == targets[held_out]).float().mean().item()
+        return (logits(features[held_out]).argmax(-1) == targets[held_out]).float().mean().item()
 
 
 @torch.no_grad()

@@ -419,6 +419,18 @@ def boundary(colors: torch.Tensor) -> torch.Tensor:
     return edge & (colors > 0)
 
 
+def object_weights(labels: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(V*R*R,) float: 1 / the number of `chosen` patches (a (V*R*R,) bool) of the same view with the same colour
+    and shape labels (labels: (V, 4, R, R)), 0 where not chosen: each object's chosen patches sum to 1 (two objects
+    of one colour and shape in one view share theirs; the labels do not tell them apart)."""
+    V, _, R, _ = labels.shape
+    view = torch.arange(V).repeat_interleave(R * R)
+    colors, shapes = labels[:, 0].reshape(-1), labels[:, 1].reshape(-1)
+    kind = (view * (1 + len(COLORS)) + colors) * (1 + len(SHAPES)) + shapes  # one id per (view, colour, shape)
+    counts = torch.bincount(kind[chosen], minlength=V * (1 + len(COLORS)) * (1 + len(SHAPES)))
+    return torch.where(chosen, 1.0 / counts[kind].clamp(min=1).float(), 0.0)
+
+
 def centre_loss(logits: torch.Tensor, centres: torch.Tensor, balanced: bool = False) -> torch.Tensor:
     """Cross-entropy of the "holds an object's centre" label, (N, 2) logits and (N,) 0/1 labels. `balanced`: the
     centres (one patch or token per object per view, rare) weigh as much in all as the rest; plain, a head meets
@@ -436,11 +448,15 @@ class PatchHead(torch.nn.Module):
     linearly, shape through a small MLP, and with `cells` the patch's 3 x 3 cell of the image linearly. With a
     linear shape read-out the tower never learns shape in the steps we can afford (outline accuracy stays at
     chance); through the MLP it does, and then a linear probe reads shape from its features too (what the
-    projector and the LLM need)."""
+    projector and the LLM need). `balanced_shapes`: each object's outline patches in a view weigh as much together
+    as another object's, instead of each patch as much as another (a 40% object has ~20x the outline patches of a
+    2% one; experiments/error-anatomy)."""
 
-    def __init__(self, width: int, hidden: int = 256, cells: bool = False, balanced_centres: bool = False):
+    def __init__(self, width: int, hidden: int = 256, cells: bool = False, balanced_centres: bool = False,
+                 balanced_shapes: bool = False):  # fmt: skip
         super().__init__()
         self.balanced_centres = balanced_centres  # see `centre_loss`
+        self.balanced_shapes = balanced_shapes
         self.colors = torch.nn.Linear(width, 1 + len(COLORS))
         self.centres = torch.nn.Linear(width, 2)
         self.shapes = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
@@ -457,7 +473,13 @@ class PatchHead(torch.nn.Module):
         x = multi_level.flatten(0, 1)
         colors, shapes, centres, cells = (column.reshape(-1) for column in labels.flatten(2).unbind(1))  # (V*R*R,) each
         edge = boundary(labels[:, 0]).reshape(-1)
-        shape_loss = F.cross_entropy(self.shapes(x[edge]).float(), shapes[edge] - 1) if edge.any() else x.sum() * 0
+        shape_loss = x.sum() * 0
+        if edge.any() and self.balanced_shapes:
+            weights = object_weights(labels, edge)[edge]
+            per_patch = F.cross_entropy(self.shapes(x[edge]).float(), shapes[edge] - 1, reduction="none")
+            shape_loss = (per_patch * weights).sum() / weights.sum()
+        elif edge.any():
+            shape_loss = F.cross_entropy(self.shapes(x[edge]).float(), shapes[edge] - 1)
         if shape_only:
             return shape_loss
         weight = torch.where(colors > 0, 1.0, 0.2)
@@ -752,7 +774,8 @@ def batch_loss(model: TokenPackerForCausalLM, token_head: TokenHead | None, exam
     the read-out of the key words' states after KEY_LAYER (`where_head`: the `where` answers', and with its
     `counts` the counting answers' too; 0 without one or without such questions; with its `head`, the `where`
     answers from that head's output at the key word, the head taught the `where` key words' targets too, its mean
-    mass under (KEY_LAYER, head), and the counting answers from the count head's output at theirs); and, per answer, (question type, whether every answer token was the argmax).
+    mass under (KEY_LAYER, head), and the counting answers from the count head's output at theirs); and, per
+    answer, (question type, whether every answer token was the argmax).
     `per_row`: a branched batch's attention is computed row by row (`per_row_attention`), not in one masked call.
     `where_answer`: the `where` answers' tokens (and their </s>) weigh this much in the answer loss, the others 1 (its
     mean stays over all answer tokens, so the other answers' gradients are unchanged; the answer loss returned, and
@@ -1029,7 +1052,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           token_cell_start: int | None = 400, token_cell_stage2: bool = False,
           branches: bool = True, mark_weight: float = 1.0, projector_mark_steps: int = 0,
           per_row_attention: bool = False, where_answer_weight: float = 1.0,
-          where_answer_steps: int = 600) -> TokenPackerPipeline:  # fmt: skip
+          where_answer_steps: int = 600, balanced_shapes: bool = False) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1073,6 +1096,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     faster, but bfloat16 rounds differently, so not the same bytes as run BD's recipe (experiments/row-attention).
     `where_answer_weight`: in stage 2's first `where_answer_steps` steps the `where` answers' tokens weigh this much in
     the answer loss (`batch_loss`'s `where_answer`; 1: the recipe; experiments/where-answer-weight).
+    `balanced_shapes`: stage 1's shape term weighs each object's outline patches in a view as much as another
+    object's (`PatchHead`, `object_weights`; experiments/error-anatomy).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`); with
     `where_own_head` it reads n from the count head's output at the key word instead (needs `count_head`).
@@ -1113,7 +1138,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     model = TokenPackerForCausalLM(config).train()
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers),
                      cells=cell_target or tower_cell_start is not None,
-                     balanced_centres=balanced_centres)  # fmt: skip
+                     balanced_centres=balanced_centres, balanced_shapes=balanced_shapes)  # fmt: skip
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor,
                            cells=cell_target or token_cell_start is not None,
                            balanced_centres=balanced_centres, mark_values=mark_values, mark_weight=mark_weight)  # fmt: skip
@@ -1200,7 +1225,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1376,6 +1401,9 @@ def main(argv=None) -> None:
                              "first --where-answer-steps steps")
     parser.add_argument("--where-answer-steps", type=int, default=600,
                         help="stage 2's first steps with --where-answer-weight")
+    parser.add_argument("--balanced-shapes", action="store_true",
+                        help="stage 1: each object's outline patches in a view weigh as much together in the shape "
+                             "term as another object's (not each patch as much as another)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1389,7 +1417,8 @@ def main(argv=None) -> None:
           where_own_head=args.where_head, token_cell_start=args.token_cell_start,
           token_cell_stage2=args.token_cell_in_stage2, branches=args.branches, mark_weight=args.mark_weight,
           projector_mark_steps=args.projector_mark_steps, per_row_attention=args.per_row_attention,
-          where_answer_weight=args.where_answer_weight, where_answer_steps=args.where_answer_steps)
+          where_answer_weight=args.where_answer_weight, where_answer_steps=args.where_answer_steps,
+          balanced_shapes=args.balanced_shapes)
 
 
 if __name__ == "__main__":

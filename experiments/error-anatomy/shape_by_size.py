@@ -1,0 +1,93 @@
+"""Do the tower and the point tokens know a small object's shape and colour? Per-object linear probes by size.
+
+    PYTHONPATH=. python experiments/error-anatomy/shape_by_size.py [--model DIR] [--scenes 300]
+
+On freshly generated standard-split scenes (the probe's seed), linear read-outs of shape and of colour are fitted on
+the object patches (tokens) of 70% of the scenes and applied to the other 30%. An object's answer in a view is the
+argmax of its patches' (tokens') summed log-probabilities, as a retrieval that gathers the object would read it;
+its size is its side in that view's pixels (a view is 336 px, a patch 14, a point token 28). An object counts once
+per view it shows in (each of its tiles and the thumbnail).
+"""
+
+import argparse
+import random
+from collections import defaultdict
+
+import torch
+
+from experiments.objects import object_tokens
+from tokenpacker.image_processing import ImageProcessor
+from tokenpacker.loading import load
+from tokenpacker.synthetic.probe import PROBE_SEED, fit_linear_probe
+from tokenpacker.synthetic.scenes import COLORS, SHAPES, SPLITS, random_scene
+from tokenpacker.synthetic.train import patch_labels, token_labels
+
+PIXEL_BINS = [8, 16, 32, 64, 10_000]  # the object's side in the view's pixels
+
+
+BIN_NAMES = [f"< {b}" for b in PIXEL_BINS[:-1]] + [f">= {PIXEL_BINS[-2]}"]
+
+
+def bin_name(side: float) -> str:
+    return BIN_NAMES[next(i for i, b in enumerate(PIXEL_BINS) if side < b)]
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="assets/default-model")
+    parser.add_argument("--scenes", type=int, default=300)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    pipeline = load(args.model, device="cpu")
+    model, config = pipeline.model, pipeline.model.config
+    processor, grid, scale = ImageProcessor(config), config.raw_grid, config.scale_factor
+    rng = random.Random(PROBE_SEED)
+    fitted = round(0.7 * args.scenes)
+    names = ("tower", "point tokens")
+    fit_rows = {name: ([], [], []) for name in names}  # features, colour, shape of the fitted scenes' object rows
+    held = {name: [] for name in names}  # per held-out object and view: (side in view px, features (K, D), colour, shape)
+    for index in range(args.scenes):
+        scene = random_scene(rng, **SPLITS["standard"])
+        prepared = processor(scene.render())
+        labels = patch_labels(scene, prepared.views, grid)  # (V, 4, R, R)
+        tower_features, multi_level = model.model.vision_tower(prepared.pixel_values.to(model.vision_dtype))
+        tokens = model.model.mm_projector(tower_features, multi_level).tokens
+        for name, values, dense in (("tower", multi_level, labels), ("point tokens", tokens, token_labels(labels, scale))):
+            side = dense.shape[-1]
+            for view in prepared.views:
+                features = values[view.index].float()  # (side * side, D)
+                for obj in scene.objects:
+                    mask = object_tokens(obj, view, dense[view.index], side).flatten()
+                    if not mask.any():
+                        continue
+                    colour, shape = 1 + list(COLORS).index(obj.color), list(SHAPES).index(obj.shape)
+                    if index < fitted:
+                        fit_rows[name][0].append(features[mask])
+                        fit_rows[name][1].append(torch.full((int(mask.sum()),), colour))
+                        fit_rows[name][2].append(torch.full((int(mask.sum()),), shape))
+                    else:
+                        held[name].append((obj.size / view.scale_x, features[mask], colour, shape))
+    print(f"{args.model}, standard split, {args.scenes} scenes (probes fitted on {fitted}); an object's answer in a view: "
+          "argmax of its patches' (tokens') summed log-probabilities")
+    for name in names:
+        x, colours, shapes = (torch.cat(column) for column in fit_rows[name])
+        read_colour = fit_linear_probe(x, colours, 1 + len(COLORS))
+        read_shape = fit_linear_probe(x, shapes, len(SHAPES))
+        per_bin = defaultdict(lambda: ([], []))  # size bin -> (colour right, shape right), per object and view
+        for side, features, colour, shape in held[name]:
+            colour_right = read_colour(features).log_softmax(-1).sum(0).argmax().item() == colour
+            shape_right = read_shape(features).log_softmax(-1).sum(0).argmax().item() == shape
+            per_bin[bin_name(side)][0].append(colour_right)
+            per_bin[bin_name(side)][1].append(shape_right)
+        print(f"  {name}: by the object's side in the view's pixels")
+        print(f"    {'side':>6} {'objects':>7} {'colour':>7} {'shape':>7}")
+        for label in BIN_NAMES:
+            colour_right, shape_right = per_bin.get(label, ([], []))
+            if colour_right:
+                print(f"    {label:>6} {len(colour_right):>7} {sum(colour_right) / len(colour_right):>7.3f} "
+                      f"{sum(shape_right) / len(shape_right):>7.3f}")
+
+
+if __name__ == "__main__":
+    main()
