@@ -1331,7 +1331,7 @@ def test_the_command_line_defaults_are_the_recipes(monkeypatch):
     shipped = json.loads((DEFAULT_MODEL / "training.json").read_text())
     recipe = defaults | {"link_head": 1, "branches": T.BRANCH_QUOTA}  # what `train` resolves None and True to
     newer = {"mark_weight": 1.0, "projector_mark_steps": 0, "per_row_attention": False,  # newer than BD: its code
-             "where_answer_weight": 1.0, "where_answer_steps": 600}  # fmt: skip
+             "where_answer_weight": 1.0, "where_answer_steps": 600, "balanced_shapes": False}  # fmt: skip
     assert {k: recipe[k] for k in newer} == newer and not newer.keys() & shipped.keys()
     assert {k: shipped.get(k, newer.get(k)) for k in recipe if k not in ("tower_from", "resume_from")} == {
         k: v for k, v in recipe.items() if k not in ("tower_from", "resume_from")}
