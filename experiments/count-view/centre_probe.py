@@ -106,8 +106,8 @@ def main() -> None:
     table = defaultdict(list)  # (view kind, size bin, centre in view) -> [tokens called a centre, per object]
     hits = defaultdict(int)
     ranked_first = defaultdict(list)  # (view kind, size bin) -> [the top-scoring token of the object is its centre]
-    for scene_features, scene_centres, rows in zip(features[fitted:], centres[fitted:], objects[fitted:]):
-        score = probe((scene_features - mean) / std)[:, 0]
+    scores = [probe((f - mean) / std)[:, 0] for f in features]  # per scene: (N,) the read-out's score
+    for score, scene_centres, rows in zip(scores[fitted:], centres[fitted:], objects[fitted:]):
         called = score > 0
         for kind, size, centre_here, index in rows:
             name = next(n for n, top in SIZE_BINS if size < top)
@@ -138,7 +138,6 @@ def main() -> None:
                       f"{share(lambda c: c == 0):>6.2f} {share(lambda c: c == 1):>6.2f} {share(lambda c: c >= 2):>6.2f} "
                       f"{sum(calls) / len(calls):>6.2f} " + (f"{sum(top) / len(top):>13.2f}"
                       if centre_here and (top := ranked_first[kind, name]) else f"{'':>13}"))
-    scores = [probe((f - mean) / std)[:, 0] for f in features]
     counted_on = [local[i] & on_object[i] for i in range(args.scenes)]  # the tiles' object tokens
     counted = lambda threshold, scenes: [int((scores[i][counted_on[i]] > threshold).sum()) for i in scenes]
     fit_scenes, held_scenes = range(fitted), range(fitted, args.scenes)

@@ -16,11 +16,12 @@ import json
 import sys
 from collections import Counter, defaultdict
 
+from experiments.objects import bin_name, bin_names
 from tokenpacker.synthetic.evaluate import EVAL_SEED, evaluation_questions
+from tokenpacker.synthetic.scenes import COLUMNS, ROWS
 
 SIZE_BINS = [0.05, 0.10, 0.20, 1.0]  # the object's side / the canvas's shorter side
 PIXEL_BINS = [8, 16, 32, 10_000]  # the object's side in the canvas's pixels
-ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
 
 
 def cell(answer: str) -> tuple[int, int] | None:
@@ -28,15 +29,6 @@ def cell(answer: str) -> tuple[int, int] | None:
     if len(words) != 2 or words[0] not in ROWS or words[1] not in COLUMNS:
         return None
     return ROWS.index(words[0]), COLUMNS.index(words[1])
-
-
-def bin_name(value: float, bins: list, fmt: str) -> str:
-    upper = next(b for b in bins if value < b)
-    return f"< {upper:{fmt}}" if upper != bins[-1] else f">= {bins[-2]:{fmt}}"
-
-
-def bin_names(bins: list, fmt: str) -> list[str]:
-    return [f"< {b:{fmt}}" for b in bins[:-1]] + [f">= {bins[-2]:{fmt}}"]
 
 
 def border_distance(scene, target) -> float:

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from experiments.objects import object_tokens
+from experiments.objects import bin_name, bin_names, object_tokens
 from tokenpacker.image_processing import ImageProcessor
 from tokenpacker.loading import load
 from tokenpacker.synthetic.probe import PROBE_SEED, fit_linear_probe
@@ -23,13 +23,6 @@ from tokenpacker.synthetic.scenes import COLORS, SHAPES, SPLITS, random_scene
 from tokenpacker.synthetic.train import patch_labels, token_labels
 
 PIXEL_BINS = [8, 16, 32, 64, 10_000]  # the object's side in the view's pixels
-
-
-BIN_NAMES = [f"< {b}" for b in PIXEL_BINS[:-1]] + [f">= {PIXEL_BINS[-2]}"]
-
-
-def bin_name(side: float) -> str:
-    return BIN_NAMES[next(i for i, b in enumerate(PIXEL_BINS) if side < b)]
 
 
 @torch.no_grad()
@@ -78,11 +71,11 @@ def main() -> None:
         for side, features, colour, shape in held[name]:
             colour_right = read_colour(features).log_softmax(-1).sum(0).argmax().item() == colour
             shape_right = read_shape(features).log_softmax(-1).sum(0).argmax().item() == shape
-            per_bin[bin_name(side)][0].append(colour_right)
-            per_bin[bin_name(side)][1].append(shape_right)
+            per_bin[bin_name(side, PIXEL_BINS)][0].append(colour_right)
+            per_bin[bin_name(side, PIXEL_BINS)][1].append(shape_right)
         print(f"  {name}: by the object's side in the view's pixels")
         print(f"    {'side':>6} {'objects':>7} {'colour':>7} {'shape':>7}")
-        for label in BIN_NAMES:
+        for label in bin_names(PIXEL_BINS):
             colour_right, shape_right = per_bin.get(label, ([], []))
             if colour_right:
                 print(f"    {label:>6} {len(colour_right):>7} {sum(colour_right) / len(colour_right):>7.3f} "
