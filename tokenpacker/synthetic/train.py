@@ -917,29 +917,37 @@ def _step_at(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def pretrain_vision(model: TokenPackerForCausalLM, head: PatchHead, make: "ExampleMaker", rng: random.Random,
                     steps: int, shape_steps: int, batch_size: int, lr: float, log_every: int,
-                    cell_start: int | None = None) -> None:  # fmt: skip
+                    cell_start: int | None = None, split: dict | None = None, head_steps: int = 0,
+                    name: str = "vision") -> None:  # fmt: skip
     """Stage 1: the vision tower learns dense patch features on single scenes, in fp32. The first `shape_steps`
     learn shape alone on small canvases with big objects (outlines spanning several patches): colour is so
     much easier that, trained together from the start, it crowds shape out. Then colour and object centres
     join, on small canvases and the task's full range half and half. A head with `cells` adds the 3 x 3 cell
-    from step `cell_start` on (None: with colour)."""
-    params = list(model.model.vision_tower.parameters()) + list(head.parameters())
+    from step `cell_start` on (None: with colour). With `split`, every scene is drawn from it instead (stage 1c);
+    the first `head_steps` train the head alone, the tower frozen (a fresh head's first gradients are noise)."""
+    tower = list(model.model.vision_tower.parameters())
+    params = tower + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     with_cells = head.cells is not None
     start, history = time.time(), []
     for step in range(steps):
         shape_only = step < shape_steps
-        splits = [WARMUP_SPLIT if shape_only or rng.random() < 0.5 else SPLITS["standard"] for _ in range(batch_size)]
-        batch = [make.views_and_labels(rng, split) for split in splits]
+        if split is not None:
+            splits = [split] * batch_size
+        else:
+            splits = [WARMUP_SPLIT if shape_only or rng.random() < 0.5 else SPLITS["standard"] for _ in range(batch_size)]
+        batch = [make.views_and_labels(rng, each) for each in splits]
         views = torch.cat([v for v, _ in batch])
         labels = torch.cat([lab for _, lab in batch])
-        _, multi_level = model.model.vision_tower(views)
+        head_only = step < head_steps
+        with torch.set_grad_enabled(not head_only):
+            _, multi_level = model.model.vision_tower(views)
         loss = head.loss(multi_level, labels, shape_only, with_cells=cell_start is None or step >= cell_start)
         _update(optimizer, params, loss, lr * min(1.0, (step + 1) / 50))
         history.append((loss.item(), *head.accuracy(multi_level.detach(), labels)))  # on data not yet trained on
         if (step + 1) % log_every == 0:
             loss_, color, shape, cell = (np.nanmean if with_cells else np.mean)(history[-log_every:], axis=0)
-            print(f"vision step {step + 1}/{steps}  patch loss {loss_:.4f}  object colour acc {color:.3f}  "
+            print(f"{name} step {step + 1}/{steps}{' (head only)' if head_only else ''}  patch loss {loss_:.4f}  object colour acc {color:.3f}  "
                   f"outline shape acc {shape:.3f}  " + (f"cell acc {cell:.3f}  " if with_cells else "") +
                   f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
 
@@ -1036,6 +1044,7 @@ def sincos_position_embedding(grid: int, width: int) -> torch.Tensor:
 
 
 WARMUP_SPLIT = dict(min_side=224, max_side=336, min_size=0.1, max_size=0.4)  # few views, big objects
+SMALL_OBJECTS_SPLIT = dict(min_side=224, max_side=1344, min_size=0.02, max_size=0.10)  # stage 1c: 5-45 px in a view
 
 
 def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: int = 800, projector_steps: int = 1400, projector_color_steps: int = 200,
@@ -1052,7 +1061,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           token_cell_start: int | None = 400, token_cell_stage2: bool = False,
           branches: bool = True, mark_weight: float = 1.0, projector_mark_steps: int = 0,
           per_row_attention: bool = False, where_answer_weight: float = 1.0,
-          where_answer_steps: int = 600, balanced_shapes: bool = False) -> TokenPackerPipeline:  # fmt: skip
+          where_answer_steps: int = 600, balanced_shapes: bool = False,
+          small_object_steps: int = 0, small_object_head_steps: int = 100) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1098,6 +1108,9 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     the answer loss (`batch_loss`'s `where_answer`; 1: the recipe; experiments/where-answer-weight).
     `balanced_shapes`: stage 1's shape term weighs each object's outline patches in a view as much as another
     object's (`PatchHead`, `object_weights`; experiments/error-anatomy).
+    `small_object_steps`: stage 1c, after stage 1 (or the tower of `tower_from`), that many more steps of the tower
+    on scenes of small objects only (`SMALL_OBJECTS_SPLIT`), all terms, with a fresh `PatchHead` whose first
+    `small_object_head_steps` train it alone (`pretrain_vision`'s `split`; 0: the recipe; experiments/small-objects).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`); with
     `where_own_head` it reads n from the count head's output at the key word instead (needs `count_head`).
@@ -1173,6 +1186,15 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     else:
         model.model.vision_tower.load_state_dict(load(tower_from, device="cpu").model.model.vision_tower.state_dict())
         print(f"stage 1: the tower of {tower_from}", flush=True)
+    if resume_from is None and small_object_steps:
+        torch.manual_seed(seed + 4)
+        rng = random.Random(seed + 4)
+        fresh = PatchHead(head.colors.in_features, cells=head.cells is not None, balanced_centres=balanced_centres,
+                          balanced_shapes=balanced_shapes)  # fmt: skip
+        pretrain_vision(model, fresh, make, rng, small_object_steps, 0, batch_size=6, lr=vision_lr, log_every=log_every,
+                        cell_start=0, split=SMALL_OBJECTS_SPLIT, head_steps=small_object_head_steps,
+                        name="small-object")  # fmt: skip
+        pipeline.save_pretrained(out)
     model.model.vision_tower.requires_grad_(False)
     if resume_from is None:
         torch.manual_seed(seed + 1)
@@ -1225,7 +1247,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes, "small_object_steps": small_object_steps, "small_object_head_steps": small_object_head_steps,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1404,6 +1426,10 @@ def main(argv=None) -> None:
     parser.add_argument("--balanced-shapes", action="store_true",
                         help="stage 1: each object's outline patches in a view weigh as much together in the shape "
                              "term as another object's (not each patch as much as another)")
+    parser.add_argument("--small-object-steps", type=int, default=0,
+                        help="stage 1c: more tower steps on scenes of small objects only (0: none)")
+    parser.add_argument("--small-object-head-steps", type=int, default=100,
+                        help="stage 1c's first steps, its fresh read-out alone")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1418,7 +1444,8 @@ def main(argv=None) -> None:
           token_cell_stage2=args.token_cell_in_stage2, branches=args.branches, mark_weight=args.mark_weight,
           projector_mark_steps=args.projector_mark_steps, per_row_attention=args.per_row_attention,
           where_answer_weight=args.where_answer_weight, where_answer_steps=args.where_answer_steps,
-          balanced_shapes=args.balanced_shapes)
+          balanced_shapes=args.balanced_shapes, small_object_steps=args.small_object_steps,
+          small_object_head_steps=args.small_object_head_steps)
 
 
 if __name__ == "__main__":
