@@ -1176,6 +1176,48 @@ def test_stage_1b_mark_steps_train_the_mark_alone_then_keep_it_beside_colour(tas
                            random.Random(0), steps=1, color_steps=1, batch_size=1, lr=1e-3, log_every=1, mark_steps=1)
 
 
+def test_stage_1c_draws_small_objects_only_and_trains_its_fresh_head_alone_first(task_tokenizer, capsys):
+    """`pretrain_vision(split=SMALL_OBJECTS_SPLIT, head_steps=1)` (stage 1c): every scene from the split, the
+    tower untouched in the head's step alone and moved by the next, all four terms from the start."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import SMALL_OBJECTS_SPLIT, ExampleMaker, PatchHead, default_config, pretrain_vision
+
+    config = default_config(task_tokenizer)
+    torch.manual_seed(0)
+    model, make = TokenPackerForCausalLM(config), ExampleMaker(task_tokenizer, config)
+    drawn = []
+    views_and_labels = make.views_and_labels
+    make.views_and_labels = lambda rng, split: drawn.append(split) or views_and_labels(rng, split)
+    tower = model.model.vision_tower
+    moved = {}
+    for steps in (1, 2):
+        head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers), cells=True)
+        state = {k: v.clone() for k, v in tower.state_dict().items()}
+        before = [p.detach().clone() for p in tower.parameters()]
+        heads = {name: p.detach().clone() for name, p in head.named_parameters()}
+        pretrain_vision(model, head, make, random.Random(0), steps, 0, batch_size=2, lr=1e-3, log_every=1,
+                        cell_start=0, split=SMALL_OBJECTS_SPLIT, head_steps=1, name="small-object")  # fmt: skip
+        moved[steps] = (any(not torch.equal(p, b) for p, b in zip(tower.parameters(), before)),
+                        {name.split(".")[0] for name, p in head.named_parameters() if not torch.equal(p, heads[name])})
+        tower.load_state_dict(state)  # each arm from the same tower
+    assert moved == {1: (False, {"colors", "shapes", "centres", "cells"}), 2: (True, {"colors", "shapes", "centres", "cells"})}
+    assert len(drawn) == 6 and all(split is SMALL_OBJECTS_SPLIT for split in drawn)
+    log = capsys.readouterr().out
+    assert "small-object step 1/1 (head only)" in log and "small-object step 2/2  patch loss" in log
+
+
+def test_stage_1c_refuses_a_tower_that_has_had_it(tmp_path):
+    """`tower_from` stands in for stage 1 only: a tower already through stage 1c would get it twice."""
+    from tokenpacker.synthetic.train import train
+
+    train(tmp_path / "a", **TINY_RECIPE | {"steps": 0, "projector_steps": 0}, polish_steps=0, small_object_steps=2,
+          small_object_head_steps=1)  # fmt: skip
+    summary = json.loads((tmp_path / "a" / "training.json").read_text())
+    assert (summary["small_object_steps"], summary["small_object_head_steps"]) == (2, 1)
+    with pytest.raises(ValueError, match="has had stage 1c already"):
+        train(tmp_path / "b", **TINY_RECIPE, polish_steps=0, tower_from=tmp_path / "a", small_object_steps=2)
+
+
 def test_branch_questions_keep_each_types_quota_and_balance_exists():
     from tokenpacker.synthetic.train import BRANCH_QUOTA, branch_questions
 
@@ -1331,7 +1373,8 @@ def test_the_command_line_defaults_are_the_recipes(monkeypatch):
     shipped = json.loads((DEFAULT_MODEL / "training.json").read_text())
     recipe = defaults | {"link_head": 1, "branches": T.BRANCH_QUOTA}  # what `train` resolves None and True to
     newer = {"mark_weight": 1.0, "projector_mark_steps": 0, "per_row_attention": False,  # newer than BD: its code
-             "where_answer_weight": 1.0, "where_answer_steps": 600, "balanced_shapes": False}  # fmt: skip
+             "where_answer_weight": 1.0, "where_answer_steps": 600, "balanced_shapes": False,
+             "small_object_steps": 0, "small_object_head_steps": 100, "small_object_shape_steps": 0}  # fmt: skip
     assert {k: recipe[k] for k in newer} == newer and not newer.keys() & shipped.keys()
     assert {k: shipped.get(k, newer.get(k)) for k in recipe if k not in ("tower_from", "resume_from")} == {
         k: v for k, v in recipe.items() if k not in ("tower_from", "resume_from")}

@@ -1062,7 +1062,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           branches: bool = True, mark_weight: float = 1.0, projector_mark_steps: int = 0,
           per_row_attention: bool = False, where_answer_weight: float = 1.0,
           where_answer_steps: int = 600, balanced_shapes: bool = False,
-          small_object_steps: int = 0, small_object_head_steps: int = 100) -> TokenPackerPipeline:  # fmt: skip
+          small_object_steps: int = 0, small_object_head_steps: int = 100,
+          small_object_shape_steps: int = 0) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1110,7 +1111,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     object's (`PatchHead`, `object_weights`; experiments/error-anatomy).
     `small_object_steps`: stage 1c, after stage 1 (or the tower of `tower_from`), that many more steps of the tower
     on scenes of small objects only (`SMALL_OBJECTS_SPLIT`), all terms, with a fresh `PatchHead` whose first
-    `small_object_head_steps` train it alone (`pretrain_vision`'s `split`; 0: the recipe; experiments/small-objects).
+    `small_object_head_steps` train it alone (`pretrain_vision`'s `split`; 0: the recipe; experiments/small-objects);
+    its first `small_object_shape_steps` learn shape alone (as stage 1's first steps do).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`); with
     `where_own_head` it reads n from the count head's output at the key word instead (needs `count_head`).
@@ -1184,6 +1186,11 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
                         cell_start=tower_cell_start)  # fmt: skip
         pipeline.save_pretrained(out)  # the tower, usable as `--tower-from` (later saves keep it: it stays frozen)
     else:
+        had = json.loads((Path(tower_from) / "training.json").read_text()).get("small_object_steps", 0) if (
+            Path(tower_from) / "training.json").is_file() else 0  # fmt: skip
+        if had and small_object_steps:
+            raise ValueError(f"{tower_from} has had stage 1c already ({had} steps): its tower is not stage 1's alone; "
+                             "take the tower of a checkpoint trained without --small-object-steps")
         model.model.vision_tower.load_state_dict(load(tower_from, device="cpu").model.model.vision_tower.state_dict())
         print(f"stage 1: the tower of {tower_from}", flush=True)
     if resume_from is None and small_object_steps:
@@ -1191,7 +1198,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
         rng = random.Random(seed + 4)
         fresh = PatchHead(head.colors.in_features, cells=head.cells is not None, balanced_centres=balanced_centres,
                           balanced_shapes=balanced_shapes)  # fmt: skip
-        pretrain_vision(model, fresh, make, rng, small_object_steps, 0, batch_size=6, lr=vision_lr, log_every=log_every,
+        pretrain_vision(model, fresh, make, rng, small_object_steps, small_object_shape_steps, batch_size=6, lr=vision_lr, log_every=log_every,
                         cell_start=0, split=SMALL_OBJECTS_SPLIT, head_steps=small_object_head_steps,
                         name="small-object")  # fmt: skip
         pipeline.save_pretrained(out)
@@ -1247,7 +1254,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes, "small_object_steps": small_object_steps, "small_object_head_steps": small_object_head_steps,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes, "small_object_steps": small_object_steps, "small_object_head_steps": small_object_head_steps, "small_object_shape_steps": small_object_shape_steps,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1430,6 +1437,8 @@ def main(argv=None) -> None:
                         help="stage 1c: more tower steps on scenes of small objects only (0: none)")
     parser.add_argument("--small-object-head-steps", type=int, default=100,
                         help="stage 1c's first steps, its fresh read-out alone")
+    parser.add_argument("--small-object-shape-steps", type=int, default=0,
+                        help="stage 1c's first steps that learn shape alone")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1445,7 +1454,7 @@ def main(argv=None) -> None:
           projector_mark_steps=args.projector_mark_steps, per_row_attention=args.per_row_attention,
           where_answer_weight=args.where_answer_weight, where_answer_steps=args.where_answer_steps,
           balanced_shapes=args.balanced_shapes, small_object_steps=args.small_object_steps,
-          small_object_head_steps=args.small_object_head_steps)
+          small_object_head_steps=args.small_object_head_steps, small_object_shape_steps=args.small_object_shape_steps)
 
 
 if __name__ == "__main__":
