@@ -1206,6 +1206,21 @@ def test_stage_1c_draws_small_objects_only_and_trains_its_fresh_head_alone_first
     assert "small-object step 1/1 (head only)" in log and "small-object step 2/2  patch loss" in log
 
 
+def test_a_wider_tower_feeds_the_same_point_tokens(task_tokenizer):
+    """`default_config(vision_width=96)`: the tower's width and MLP follow it, and the projector, reading its four
+    levels, still makes 12 x 12 point tokens of the LLM's width from a 336 px view."""
+    from tokenpacker.modeling import TokenPackerForCausalLM
+    from tokenpacker.synthetic.train import default_config
+
+    config = default_config(task_tokenizer, vision_width=96)
+    assert (config.vision_config.hidden_size, config.vision_config.intermediate_size) == (96, 288)
+    model = TokenPackerForCausalLM(config).eval()
+    with torch.no_grad():
+        features, multi_level = model.model.vision_tower(torch.zeros(1, 3, 336, 336))
+        tokens = model.model.mm_projector(features, multi_level).tokens
+    assert multi_level.shape == (1, 576, 4 * 96) and tokens.shape == (1, 144, config.text_config.hidden_size)
+
+
 def test_stage_1c_refuses_a_tower_that_has_had_it(tmp_path):
     """`tower_from` stands in for stage 1 only: a tower already through stage 1c would get it twice."""
     from tokenpacker.synthetic.train import train
@@ -1374,7 +1389,7 @@ def test_the_command_line_defaults_are_the_recipes(monkeypatch):
     recipe = defaults | {"link_head": 1, "branches": T.BRANCH_QUOTA}  # what `train` resolves None and True to
     newer = {"mark_weight": 1.0, "projector_mark_steps": 0, "per_row_attention": False,  # newer than BD: its code
              "where_answer_weight": 1.0, "where_answer_steps": 600, "balanced_shapes": False,
-             "small_object_steps": 0, "small_object_head_steps": 100, "small_object_shape_steps": 0}  # fmt: skip
+             "small_object_steps": 0, "small_object_head_steps": 100, "small_object_shape_steps": 0, "vision_width": 64}  # fmt: skip
     assert {k: recipe[k] for k in newer} == newer and not newer.keys() & shipped.keys()
     assert {k: shipped.get(k, newer.get(k)) for k in recipe if k not in ("tower_from", "resume_from")} == {
         k: v for k, v in recipe.items() if k not in ("tower_from", "resume_from")}

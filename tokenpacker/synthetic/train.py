@@ -78,13 +78,15 @@ def tokenizer_corpus() -> list[str]:
     return lines * 3
 
 
-def default_config(tokenizer: LlamaTokenizer) -> TokenPackerConfig:
+def default_config(tokenizer: LlamaTokenizer, vision_width: int = 64) -> TokenPackerConfig:
+    """The recipe's model: a 4-layer CLIP-style tower of width `vision_width` (its MLP 3x that) at 336 px / patch
+    14, TokenPacker's projector (s = 2, multi-level features of all four layers) and a 4-layer LLaMA of width 128."""
     return TokenPackerConfig(
         text_config=dict(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=352, num_hidden_layers=4,
                          num_attention_heads=4, max_position_embeddings=2048, rms_norm_eps=1e-5,
                          initializer_range=0.02, bos_token_id=1, eos_token_id=2),
-        vision_config=dict(hidden_size=64, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4,
-                           image_size=336, patch_size=14, projection_dim=64),
+        vision_config=dict(hidden_size=vision_width, intermediate_size=3 * vision_width, num_hidden_layers=4,
+                           num_attention_heads=4, image_size=336, patch_size=14, projection_dim=vision_width),
         scale_factor=2, mm_vision_select_layer=-2, mm_vision_feature_layers=[1, 2, 3, 4], mm_projector_num_heads=4,
         image_aspect_ratio="slice", patch_num=9,
         view_separator_token_id=tokenizer.convert_tokens_to_ids(","),
@@ -1063,7 +1065,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           per_row_attention: bool = False, where_answer_weight: float = 1.0,
           where_answer_steps: int = 600, balanced_shapes: bool = False,
           small_object_steps: int = 0, small_object_head_steps: int = 100,
-          small_object_shape_steps: int = 0) -> TokenPackerPipeline:  # fmt: skip
+          small_object_shape_steps: int = 0, vision_width: int = 64) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1113,6 +1115,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     on scenes of small objects only (`SMALL_OBJECTS_SPLIT`), all terms, with a fresh `PatchHead` whose first
     `small_object_head_steps` train it alone (`pretrain_vision`'s `split`; 0: the recipe; experiments/small-objects);
     its first `small_object_shape_steps` learn shape alone (as stage 1's first steps do).
+    `vision_width`: the tower's width (`default_config`; 64: the recipe; experiments/small-objects).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`); with
     `where_own_head` it reads n from the count head's output at the key word instead (needs `count_head`).
@@ -1149,7 +1152,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     rng = random.Random(seed)
     started = time.time()
     tokenizer = LlamaTokenizer.train(tokenizer_corpus(), out, vocab_size=500, hard_vocab_limit=False)  # saved into `out`
-    config = default_config(tokenizer)
+    config = default_config(tokenizer, vision_width)
     model = TokenPackerForCausalLM(config).train()
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers),
                      cells=cell_target or tower_cell_start is not None,
@@ -1186,8 +1189,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
                         cell_start=tower_cell_start)  # fmt: skip
         pipeline.save_pretrained(out)  # the tower, usable as `--tower-from` (later saves keep it: it stays frozen)
     else:
-        had = json.loads((Path(tower_from) / "training.json").read_text()).get("small_object_steps", 0) if (
-            Path(tower_from) / "training.json").is_file() else 0  # fmt: skip
+        record = Path(tower_from) / "training.json"
+        had = json.loads(record.read_text()).get("small_object_steps", 0) if record.is_file() else 0
         if had and small_object_steps:
             raise ValueError(f"{tower_from} has had stage 1c already ({had} steps): its tower is not stage 1's alone; "
                              "take the tower of a checkpoint trained without --small-object-steps")
@@ -1254,7 +1257,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes, "small_object_steps": small_object_steps, "small_object_head_steps": small_object_head_steps, "small_object_shape_steps": small_object_shape_steps,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes, "small_object_steps": small_object_steps, "small_object_head_steps": small_object_head_steps, "small_object_shape_steps": small_object_shape_steps, "vision_width": vision_width,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1439,6 +1442,7 @@ def main(argv=None) -> None:
                         help="stage 1c's first steps, its fresh read-out alone")
     parser.add_argument("--small-object-shape-steps", type=int, default=0,
                         help="stage 1c's first steps that learn shape alone")
+    parser.add_argument("--vision-width", type=int, default=64, help="the tower's width (its MLP 3x that)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1454,7 +1458,8 @@ def main(argv=None) -> None:
           projector_mark_steps=args.projector_mark_steps, per_row_attention=args.per_row_attention,
           where_answer_weight=args.where_answer_weight, where_answer_steps=args.where_answer_steps,
           balanced_shapes=args.balanced_shapes, small_object_steps=args.small_object_steps,
-          small_object_head_steps=args.small_object_head_steps, small_object_shape_steps=args.small_object_shape_steps)
+          small_object_head_steps=args.small_object_head_steps, small_object_shape_steps=args.small_object_shape_steps,
+          vision_width=args.vision_width)
 
 
 if __name__ == "__main__":
