@@ -1,0 +1,3 @@
+# usage: awk -v lo=700 -v hi=1000 -f screen_full.awk LOG   (teacher-forced train acc on stage 2's logged steps lo..hi)
+/^step/ {split($2,s,"/"); st=s[1]; for(i=1;i<=NF;i++){if($i=="count"&&$(i-1)!="(where"&&$(i+1)~/^[0-9.]+$/){c=$(i+1)} if($i=="count_shape")cs=$(i+1); if($i=="color")co=$(i+1); if($i=="where")w=$(i+1); if($i=="exists")e=$(i+1); if($i=="shape")sh=$(i+1)} if(st>=lo&&st<=hi){n++;C+=c;CS+=cs;CO+=co;W+=w;E+=e;SH+=sh}}
+END{printf "steps %d-%d: colour %.3f shape %.3f exists %.3f (mean %.3f) count %.3f count_shape %.3f where %.3f n=%d\n",lo,hi,CO/n,SH/n,E/n,(CO+SH+E)/(3*n),C/n,CS/n,W/n,n}
