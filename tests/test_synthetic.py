@@ -1221,10 +1221,22 @@ def test_a_wider_tower_feeds_the_same_point_tokens(task_tokenizer):
     assert multi_level.shape == (1, 576, 4 * 96) and tokens.shape == (1, 144, config.text_config.hidden_size)
 
 
-def test_stage_1c_refuses_a_tower_that_has_had_it(tmp_path):
-    """`tower_from` stands in for stage 1 only: a tower already through stage 1c would get it twice."""
+def test_stage_1c_follows_its_options_and_refuses_a_tower_that_has_had_it(tmp_path, monkeypatch):
+    """`train(small_object_steps=3, small_object_head_steps=1, small_object_shape_steps=2)` runs stage 1, then stage
+    1c with those counts on `SMALL_OBJECTS_SPLIT` and a fresh head; `tower_from` stands in for stage 1 only: a tower
+    already through stage 1c would get it twice."""
+    import tokenpacker.synthetic.train as T
     from tokenpacker.synthetic.train import train
 
+    calls = []
+    real = T.pretrain_vision
+    monkeypatch.setattr(T, "pretrain_vision", lambda model, head, make, rng, steps, shape_steps, **kw: calls.append(
+        (head, steps, shape_steps, kw.get("split"), kw.get("head_steps", 0))))  # fmt: skip
+    train(tmp_path / "options", **TINY_RECIPE | {"steps": 0, "projector_steps": 0}, polish_steps=0, small_object_steps=3,
+          small_object_head_steps=1, small_object_shape_steps=2)  # fmt: skip
+    (head1, *stage1), (head1c, *stage1c) = calls
+    assert stage1 == [2, 1, None, 0] and stage1c == [3, 2, T.SMALL_OBJECTS_SPLIT, 1] and head1c is not head1
+    monkeypatch.setattr(T, "pretrain_vision", real)
     train(tmp_path / "a", **TINY_RECIPE | {"steps": 0, "projector_steps": 0}, polish_steps=0, small_object_steps=2,
           small_object_head_steps=1)  # fmt: skip
     summary = json.loads((tmp_path / "a" / "training.json").read_text())
