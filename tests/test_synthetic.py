@@ -1224,7 +1224,7 @@ def test_a_wider_tower_feeds_the_same_point_tokens(task_tokenizer):
 def test_stage_1c_follows_its_options_and_refuses_a_tower_that_has_had_it(tmp_path, monkeypatch):
     """`train(small_object_steps=3, small_object_head_steps=1, small_object_shape_steps=2)` runs stage 1, then stage
     1c with those counts on `SMALL_OBJECTS_SPLIT` and a fresh head; `tower_from` stands in for stage 1 only: a tower
-    already through stage 1c would get it twice."""
+    already through stage 1c would get it twice, and a tower of another width is refused with the width to give."""
     import tokenpacker.synthetic.train as T
     from tokenpacker.synthetic.train import train
 
@@ -1243,6 +1243,8 @@ def test_stage_1c_follows_its_options_and_refuses_a_tower_that_has_had_it(tmp_pa
     assert (summary["small_object_steps"], summary["small_object_head_steps"]) == (2, 1)
     with pytest.raises(ValueError, match="has had stage 1c already"):
         train(tmp_path / "b", **TINY_RECIPE, polish_steps=0, tower_from=tmp_path / "a", small_object_steps=2)
+    with pytest.raises(ValueError, match="tower is 64 wide and this run's 32: give --vision-width 64"):
+        train(tmp_path / "c", **TINY_RECIPE, polish_steps=0, tower_from=tmp_path / "a", vision_width=32)
 
 
 def test_branch_questions_keep_each_types_quota_and_balance_exists():

@@ -1194,7 +1194,12 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
         if had and small_object_steps:
             raise ValueError(f"{tower_from} has had stage 1c already ({had} steps): its tower is not stage 1's alone; "
                              "take the tower of a checkpoint trained without --small-object-steps")
-        model.model.vision_tower.load_state_dict(load(tower_from, device="cpu").model.model.vision_tower.state_dict())
+        donor = load(tower_from, device="cpu").model
+        donor_width = donor.config.vision_config.hidden_size
+        if donor_width != config.vision_config.hidden_size:
+            raise ValueError(f"{tower_from}'s tower is {donor_width} wide and this run's {config.vision_config.hidden_size}: "
+                             f"give --vision-width {donor_width} to take its tower")
+        model.model.vision_tower.load_state_dict(donor.model.vision_tower.state_dict())
         print(f"stage 1: the tower of {tower_from}", flush=True)
     if resume_from is None and small_object_steps:
         torch.manual_seed(seed + 4)
