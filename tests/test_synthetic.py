@@ -440,6 +440,33 @@ def test_the_shape_term_can_weigh_each_object_as_much_as_another():
     torch.testing.assert_close(shape_only(balanced), (per_patch[:4].mean() + per_patch[4]) / 2)
 
 
+def test_the_shape_term_can_add_a_term_per_object_on_its_pooled_patches():
+    """`PatchHead(object_shape_weight=w)`: the shape term is the per-patch one plus w times the mean, over the
+    objects of each view, of the shape MLP's cross-entropy on the object's patches' mean features (all its patches,
+    not only the outline); objects of one colour and shape in a view pool together; no object, no term."""
+    import torch.nn.functional as F
+
+    from tokenpacker.synthetic.train import PatchHead
+
+    torch.manual_seed(0)
+    plain = PatchHead(16, hidden=8)
+    torch.manual_seed(0)
+    pooled = PatchHead(16, hidden=8, object_shape_weight=0.5)
+    # view 0: a red square of 6 patches and a one-patch green triangle; view 1: two red circles of one patch each
+    colours = torch.tensor([[[1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 2]],
+                            [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]])  # fmt: skip
+    shapes = torch.tensor([[[2, 2, 2, 0], [2, 2, 2, 0], [0, 0, 0, 0], [0, 0, 0, 3]],
+                           [[1, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 1]]])  # fmt: skip
+    labels = torch.stack([colours, shapes, torch.zeros_like(colours), torch.full_like(colours, -1)], 1)
+    features = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(1))
+    flat = features.reshape(32, 16)
+    means = torch.stack([flat[[0, 1, 2, 4, 5, 6]].mean(0), flat[15], flat[[16, 31]].mean(0)])  # square, triangle, circles
+    by_hand = F.cross_entropy(pooled.shapes(means), torch.tensor([1, 2, 0]))
+    shape_only = lambda head, ls: head.loss(features, ls, shape_only=True)
+    torch.testing.assert_close(shape_only(pooled, labels), shape_only(plain, labels) + 0.5 * by_hand)
+    empty = torch.stack([torch.zeros_like(colours)] * 3 + [torch.full_like(colours, -1)], 1)
+    assert shape_only(pooled, empty).item() == 0 and pooled.loss(features, empty).item() == plain.loss(features, empty).item()
+
 def test_the_centre_loss_can_weigh_the_rare_centres_as_much_as_the_rest():
     """`centre_loss(balanced=True)`: the mean of the centres' and the other tokens' mean cross-entropy; plain, and
     where a batch has no centre (or only centres), the ordinary cross-entropy."""
@@ -1398,12 +1425,15 @@ def test_the_command_line_defaults_are_the_recipes(monkeypatch):
         tower_cell_start=None, token_cell_start=None, branches=False, where_own_head=False)
     T.main(["--no-colour-link", "--warmup-steps", "800"])  # run BB's recipe
     assert (calls[-1][1]["colour_link"], calls[-1][1]["link_head"], calls[-1][1]["warmup_steps"]) == (False, None, 800)
+    T.main(["--object-shape-weight", "0.5", "--vision-width", "128"])
+    assert (calls[-1][1]["object_shape_weight"], calls[-1][1]["vision_width"]) == (0.5, 128)
 
     shipped = json.loads((DEFAULT_MODEL / "training.json").read_text())
     recipe = defaults | {"link_head": 1, "branches": T.BRANCH_QUOTA}  # what `train` resolves None and True to
     newer = {"mark_weight": 1.0, "projector_mark_steps": 0, "per_row_attention": False,  # newer than BD: its code
              "where_answer_weight": 1.0, "where_answer_steps": 600, "balanced_shapes": False,
-             "small_object_steps": 0, "small_object_head_steps": 100, "small_object_shape_steps": 0, "vision_width": 64}  # fmt: skip
+             "small_object_steps": 0, "small_object_head_steps": 100, "small_object_shape_steps": 0, "vision_width": 64,
+             "object_shape_weight": 0.0}  # fmt: skip
     assert {k: recipe[k] for k in newer} == newer and not newer.keys() & shipped.keys()
     assert {k: shipped.get(k, newer.get(k)) for k in recipe if k not in ("tower_from", "resume_from")} == {
         k: v for k, v in recipe.items() if k not in ("tower_from", "resume_from")}

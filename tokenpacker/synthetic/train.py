@@ -452,13 +452,15 @@ class PatchHead(torch.nn.Module):
     chance); through the MLP it does, and then a linear probe reads shape from its features too (what the
     projector and the LLM need). `balanced_shapes`: each object's outline patches in a view weigh as much together
     as another object's, instead of each patch as much as another (a 40% object has ~20x the outline patches of a
-    2% one; experiments/error-anatomy)."""
+    2% one; experiments/error-anatomy). `object_shape_weight`: beside the per-patch shape term, that weight of a
+    per-object one (`object_shape_loss`; experiments/small-objects)."""
 
     def __init__(self, width: int, hidden: int = 256, cells: bool = False, balanced_centres: bool = False,
-                 balanced_shapes: bool = False):  # fmt: skip
+                 balanced_shapes: bool = False, object_shape_weight: float = 0.0):  # fmt: skip
         super().__init__()
         self.balanced_centres = balanced_centres  # see `centre_loss`
         self.balanced_shapes = balanced_shapes
+        self.object_shape_weight = object_shape_weight
         self.colors = torch.nn.Linear(width, 1 + len(COLORS))
         self.centres = torch.nn.Linear(width, 2)
         self.shapes = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
@@ -482,6 +484,8 @@ class PatchHead(torch.nn.Module):
             shape_loss = (per_patch * weights).sum() / weights.sum()
         elif edge.any():
             shape_loss = F.cross_entropy(self.shapes(x[edge]).float(), shapes[edge] - 1)
+        if self.object_shape_weight and (colors > 0).any():
+            shape_loss = shape_loss + self.object_shape_weight * self.object_shape_loss(x, labels)
         if shape_only:
             return shape_loss
         weight = torch.where(colors > 0, 1.0, 0.2)
@@ -491,6 +495,20 @@ class PatchHead(torch.nn.Module):
         if self.cells is not None and with_cells and placed.any():
             loss = loss + F.cross_entropy(self.cells(x[placed]).float(), cells[placed])
         return loss
+
+    def object_shape_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Shape read from each object's patches pooled, one cross-entropy term per object in a view: x (V*R*R, C),
+        labels (V, 4, R, R) with an object somewhere. Objects of one colour and shape in one view pool together (the
+        labels do not tell them apart)."""
+        V, _, R, _ = labels.shape
+        view = torch.arange(V, device=x.device).repeat_interleave(R * R)
+        colors, shapes = labels[:, 0].reshape(-1), labels[:, 1].reshape(-1)
+        objects = colors > 0
+        kind = (view * (1 + len(COLORS)) + colors) * (1 + len(SHAPES)) + shapes  # as in `object_weights`
+        kinds, group = torch.unique(kind[objects], return_inverse=True)  # (K,), (object patches,)
+        pooled = torch.zeros(len(kinds), x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, group, x[objects])
+        pooled = pooled / torch.bincount(group, minlength=len(kinds)).unsqueeze(1).to(x.dtype)  # (K, C) mean features
+        return F.cross_entropy(self.shapes(pooled).float(), kinds % (1 + len(SHAPES)) - 1)
 
     @torch.no_grad()
     def accuracy(self, multi_level: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float]:
@@ -1065,7 +1083,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
           per_row_attention: bool = False, where_answer_weight: float = 1.0,
           where_answer_steps: int = 600, balanced_shapes: bool = False,
           small_object_steps: int = 0, small_object_head_steps: int = 100,
-          small_object_shape_steps: int = 0, vision_width: int = 64) -> TokenPackerPipeline:  # fmt: skip
+          small_object_shape_steps: int = 0, vision_width: int = 64,
+          object_shape_weight: float = 0.0) -> TokenPackerPipeline:  # fmt: skip
     """Stage 1: `vision_steps` of dense patch pretraining of the tower, the first `shape_steps` on shape alone
     (see `pretrain_vision`). Stage 1b: at most `projector_steps` of the projector alone on the point-token probe,
     the first `projector_color_steps` on colour alone (see `pretrain_projector`). Stage 2: `steps` of MLLM
@@ -1116,6 +1135,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     `small_object_head_steps` train it alone (`pretrain_vision`'s `split`; 0: the recipe; experiments/small-objects);
     its first `small_object_shape_steps` learn shape alone (as stage 1's first steps do).
     `vision_width`: the tower's width (`default_config`; 64: the recipe; experiments/small-objects).
+    `object_shape_weight`: stages 1 and 1c add that weight of a per-object shape term (`PatchHead.object_shape_loss`;
+    0: the recipe; experiments/small-objects).
     `count_readout`: stage 2's read-out (`WhereHead(counts=True)`) also reads each counting answer n from its key
     word's state after KEY_LAYER, in the same term as the `where` read-out (`where_weight`, `where_start`); with
     `where_own_head` it reads n from the count head's output at the key word instead (needs `count_head`).
@@ -1156,7 +1177,8 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     model = TokenPackerForCausalLM(config).train()
     head = PatchHead(config.vision_config.hidden_size * len(config.mm_vision_feature_layers),
                      cells=cell_target or tower_cell_start is not None,
-                     balanced_centres=balanced_centres, balanced_shapes=balanced_shapes)  # fmt: skip
+                     balanced_centres=balanced_centres, balanced_shapes=balanced_shapes,
+                     object_shape_weight=object_shape_weight)  # fmt: skip
     token_head = TokenHead(config.text_config.hidden_size, config.scale_factor,
                            cells=cell_target or token_cell_start is not None,
                            balanced_centres=balanced_centres, mark_values=mark_values, mark_weight=mark_weight)  # fmt: skip
@@ -1205,7 +1227,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
         torch.manual_seed(seed + 4)
         rng = random.Random(seed + 4)
         fresh = PatchHead(head.colors.in_features, cells=head.cells is not None, balanced_centres=balanced_centres,
-                          balanced_shapes=balanced_shapes)  # fmt: skip
+                          balanced_shapes=balanced_shapes, object_shape_weight=object_shape_weight)  # fmt: skip
         pretrain_vision(model, fresh, make, rng, small_object_steps, small_object_shape_steps, batch_size=6, lr=vision_lr, log_every=log_every,
                         cell_start=0, split=SMALL_OBJECTS_SPLIT, head_steps=small_object_head_steps,
                         name="small-object")  # fmt: skip
@@ -1262,7 +1284,7 @@ def train(out: Path, steps: int = 1250, vision_steps: int = 1600, shape_steps: i
     summary = {"seed": seed, "steps": steps, "vision_steps": vision_steps, "shape_steps": shape_steps, "projector_steps": projector_steps, "projector_color_steps": projector_color_steps, "warmup_steps": warmup_steps,
                "batch_size": batch_size, "lr": lr, "vision_lr": vision_lr, "max_turns": max_turns,
                "small_share": small_share, "patch_weight": patch_weight, "key_weight": key_weight,
-               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes, "small_object_steps": small_object_steps, "small_object_head_steps": small_object_head_steps, "small_object_shape_steps": small_object_shape_steps, "vision_width": vision_width,
+               "attention_weight": attention_weight, "where_weight": where_weight, "where_start": where_start, "sincos_position": sincos_position, "cell_target": cell_target, "colour_link": colour_link, "link_head": link_head, "mllm_dtype": mllm_dtype, "where_attention": where_attention, "count_view": count_view, "balanced_centres": balanced_centres, "count_mark": count_mark, "count_spread": count_spread, "count_head": count_head, "count_layer": count_layer, "mark_values": mark_values, "count_readout": count_readout, "tower_cell_start": tower_cell_start, "where_own_head": where_own_head, "token_cell_start": token_cell_start, "token_cell_stage2": token_cell_stage2, "branches": quota, "mark_weight": mark_weight, "projector_mark_steps": projector_mark_steps, "per_row_attention": per_row_attention, "where_answer_weight": where_answer_weight, "where_answer_steps": where_answer_steps, "balanced_shapes": balanced_shapes, "small_object_steps": small_object_steps, "small_object_head_steps": small_object_head_steps, "small_object_shape_steps": small_object_shape_steps, "vision_width": vision_width, "object_shape_weight": object_shape_weight,
                "polish_steps": polish_steps, "polish_lr": polish_lr,
                "polish_turns": [polish_min_turns, polish_max_turns],
                "tower_from": str(tower_from) if tower_from else None, "resume_from": str(resume_from) if resume_from else None,
@@ -1448,6 +1470,8 @@ def main(argv=None) -> None:
     parser.add_argument("--small-object-shape-steps", type=int, default=0,
                         help="stage 1c's first steps that learn shape alone")
     parser.add_argument("--vision-width", type=int, default=64, help="the tower's width (its MLP 3x that)")
+    parser.add_argument("--object-shape-weight", type=float, default=0.0,
+                        help="stages 1 and 1c: the weight of a shape term on each object's patches pooled (0: none)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
@@ -1464,7 +1488,7 @@ def main(argv=None) -> None:
           where_answer_weight=args.where_answer_weight, where_answer_steps=args.where_answer_steps,
           balanced_shapes=args.balanced_shapes, small_object_steps=args.small_object_steps,
           small_object_head_steps=args.small_object_head_steps, small_object_shape_steps=args.small_object_shape_steps,
-          vision_width=args.vision_width)
+          vision_width=args.vision_width, object_shape_weight=args.object_shape_weight)
 
 
 if __name__ == "__main__":
