@@ -442,8 +442,8 @@ def test_the_shape_term_can_weigh_each_object_as_much_as_another():
 
 def test_the_shape_term_can_add_a_term_per_object_on_its_pooled_patches():
     """`PatchHead(object_shape_weight=w)`: the shape term is the per-patch one plus w times the mean, over the
-    objects of each view, of the shape MLP's cross-entropy on the object's patches' mean features (all its patches,
-    not only the outline); objects of one colour and shape in a view pool together; no object, no term."""
+    objects of each view, of the shape MLP's cross-entropy on the mean features of the object's outline patches (the
+    view's border counts as the object's own, as in `boundary`); objects of one colour and shape in a view pool together; no object, no term."""
     import torch.nn.functional as F
 
     from tokenpacker.synthetic.train import PatchHead
@@ -460,7 +460,7 @@ def test_the_shape_term_can_add_a_term_per_object_on_its_pooled_patches():
     labels = torch.stack([colours, shapes, torch.zeros_like(colours), torch.full_like(colours, -1)], 1)
     features = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(1))
     flat = features.reshape(32, 16)
-    means = torch.stack([flat[[0, 1, 2, 4, 5, 6]].mean(0), flat[15], flat[[16, 31]].mean(0)])  # square, triangle, circles
+    means = torch.stack([flat[[2, 4, 5, 6]].mean(0), flat[15], flat[[16, 31]].mean(0)])  # square's outline, triangle, circles
     by_hand = F.cross_entropy(pooled.shapes(means), torch.tensor([1, 2, 0]))
     shape_only = lambda head, ls: head.loss(features, ls, shape_only=True)
     torch.testing.assert_close(shape_only(pooled, labels), shape_only(plain, labels) + 0.5 * by_hand)

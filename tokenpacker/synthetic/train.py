@@ -453,7 +453,7 @@ class PatchHead(torch.nn.Module):
     projector and the LLM need). `balanced_shapes`: each object's outline patches in a view weigh as much together
     as another object's, instead of each patch as much as another (a 40% object has ~20x the outline patches of a
     2% one; experiments/error-anatomy). `object_shape_weight`: beside the per-patch shape term, that weight of a
-    per-object one (`object_shape_loss`; experiments/small-objects)."""
+    per-object one on its outline patches pooled (`object_shape_loss`; experiments/small-objects)."""
 
     def __init__(self, width: int, hidden: int = 256, cells: bool = False, balanced_centres: bool = False,
                  balanced_shapes: bool = False, object_shape_weight: float = 0.0):  # fmt: skip
@@ -484,7 +484,7 @@ class PatchHead(torch.nn.Module):
             shape_loss = (per_patch * weights).sum() / weights.sum()
         elif edge.any():
             shape_loss = F.cross_entropy(self.shapes(x[edge]).float(), shapes[edge] - 1)
-        if self.object_shape_weight and (colors > 0).any():
+        if self.object_shape_weight and edge.any():
             shape_loss = shape_loss + self.object_shape_weight * self.object_shape_loss(x, labels)
         if shape_only:
             return shape_loss
@@ -497,13 +497,14 @@ class PatchHead(torch.nn.Module):
         return loss
 
     def object_shape_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Shape read from each object's patches pooled, one cross-entropy term per object in a view: x (V*R*R, C),
-        labels (V, 4, R, R) with an object somewhere. Objects of one colour and shape in one view pool together (the
-        labels do not tell them apart)."""
+        """Shape read from each object's outline patches pooled (an inner patch cannot see the outline; a small
+        object's patches are all outline), one cross-entropy term per object in a view: x (V*R*R, C), labels
+        (V, 4, R, R) with an object somewhere. Objects of one colour and shape in one view pool together (the labels
+        do not tell them apart)."""
         V, _, R, _ = labels.shape
         view = torch.arange(V, device=x.device).repeat_interleave(R * R)
         colors, shapes = labels[:, 0].reshape(-1), labels[:, 1].reshape(-1)
-        objects = colors > 0
+        objects = boundary(labels[:, 0]).reshape(-1)
         kind = (view * (1 + len(COLORS)) + colors) * (1 + len(SHAPES)) + shapes  # as in `object_weights`
         kinds, group = torch.unique(kind[objects], return_inverse=True)  # (K,), (object patches,)
         pooled = torch.zeros(len(kinds), x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, group, x[objects])
