@@ -441,9 +441,10 @@ def test_the_shape_term_can_weigh_each_object_as_much_as_another():
 
 
 def test_the_shape_term_can_add_a_term_per_object_on_its_pooled_patches():
-    """`PatchHead(object_shape_weight=w)`: the shape term is the per-patch one plus w times the mean, over the
-    objects of each view, of the shape MLP's cross-entropy on the mean features of the object's outline patches (the
-    view's border counts as the object's own, as in `boundary`); objects of one colour and shape in a view pool together; no object, no term."""
+    """`PatchHead(object_shape_weight=w)`: the shape term is the per-patch one plus w times the mean, over every
+    view's objects, of the shape MLP's cross-entropy on the mean features of the object's outline patches (the view's
+    border counts as the object's own, as in `boundary`); objects of one colour and shape in a view pool together;
+    no object, no term."""
     import torch.nn.functional as F
 
     from tokenpacker.synthetic.train import PatchHead
@@ -466,6 +467,7 @@ def test_the_shape_term_can_add_a_term_per_object_on_its_pooled_patches():
     torch.testing.assert_close(shape_only(pooled, labels), shape_only(plain, labels) + 0.5 * by_hand)
     empty = torch.stack([torch.zeros_like(colours)] * 3 + [torch.full_like(colours, -1)], 1)
     assert shape_only(pooled, empty).item() == 0 and pooled.loss(features, empty).item() == plain.loss(features, empty).item()
+
 
 def test_the_centre_loss_can_weigh_the_rare_centres_as_much_as_the_rest():
     """`centre_loss(balanced=True)`: the mean of the centres' and the other tokens' mean cross-entropy; plain, and

@@ -499,7 +499,7 @@ class PatchHead(torch.nn.Module):
     def object_shape_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Shape read from each object's outline patches pooled (an inner patch cannot see the outline; a small
         object's patches are all outline), one cross-entropy term per object in a view: x (V*R*R, C), labels
-        (V, 4, R, R) with an object somewhere. Objects of one colour and shape in one view pool together (the labels
+        (V, 4, R, R) with an outline patch somewhere. Objects of one colour and shape in one view pool together (the labels
         do not tell them apart)."""
         V, _, R, _ = labels.shape
         view = torch.arange(V, device=x.device).repeat_interleave(R * R)
@@ -1472,7 +1472,8 @@ def main(argv=None) -> None:
                         help="stage 1c's first steps that learn shape alone")
     parser.add_argument("--vision-width", type=int, default=64, help="the tower's width (its MLP 3x that)")
     parser.add_argument("--object-shape-weight", type=float, default=0.0,
-                        help="stages 1 and 1c: the weight of a shape term on each object's patches pooled (0: none)")
+                        help="stages 1 and 1c: the weight of a shape term on each object's outline patches pooled "
+                             "(0: none)")
     args = parser.parse_args(argv)
     train(args.out, steps=args.steps, vision_steps=args.vision_steps, shape_steps=args.shape_steps,
           projector_steps=args.projector_steps, projector_color_steps=args.projector_color_steps, warmup_steps=args.warmup_steps, seed=args.seed, batch_size=args.batch_size, lr=args.lr, vision_lr=args.vision_lr,
