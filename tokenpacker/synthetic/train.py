@@ -421,15 +421,21 @@ def boundary(colors: torch.Tensor) -> torch.Tensor:
     return edge & (colors > 0)
 
 
-def object_weights(labels: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """(V*R*R,) float: 1 / the number of `chosen` patches (a (V*R*R,) bool) of the same view with the same colour
-    and shape labels (labels: (V, 4, R, R)), 0 where not chosen: each object's chosen patches sum to 1 (two objects
-    of one colour and shape in one view share theirs; the labels do not tell them apart)."""
+def object_kinds(labels: torch.Tensor) -> torch.Tensor:
+    """(V*R*R,) long: one id per (view, colour, shape) of each patch (labels: (V, 4, R, R)), its shape label the id
+    modulo 1 + len(SHAPES). Two objects of one colour and shape in one view share theirs: the labels do not tell them
+    apart."""
     V, _, R, _ = labels.shape
-    view = torch.arange(V).repeat_interleave(R * R)
+    view = torch.arange(V, device=labels.device).repeat_interleave(R * R)
     colors, shapes = labels[:, 0].reshape(-1), labels[:, 1].reshape(-1)
-    kind = (view * (1 + len(COLORS)) + colors) * (1 + len(SHAPES)) + shapes  # one id per (view, colour, shape)
-    counts = torch.bincount(kind[chosen], minlength=V * (1 + len(COLORS)) * (1 + len(SHAPES)))
+    return (view * (1 + len(COLORS)) + colors) * (1 + len(SHAPES)) + shapes
+
+
+def object_weights(labels: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """(V*R*R,) float: 1 / the number of `chosen` patches (a (V*R*R,) bool) of the same object (`object_kinds`),
+    0 where not chosen: each object's chosen patches sum to 1."""
+    kind = object_kinds(labels)
+    counts = torch.bincount(kind[chosen], minlength=labels.shape[0] * (1 + len(COLORS)) * (1 + len(SHAPES)))
     return torch.where(chosen, 1.0 / counts[kind].clamp(min=1).float(), 0.0)
 
 
@@ -485,7 +491,7 @@ class PatchHead(torch.nn.Module):
         elif edge.any():
             shape_loss = F.cross_entropy(self.shapes(x[edge]).float(), shapes[edge] - 1)
         if self.object_shape_weight and edge.any():
-            shape_loss = shape_loss + self.object_shape_weight * self.object_shape_loss(x, labels)
+            shape_loss = shape_loss + self.object_shape_weight * self.object_shape_loss(x, labels, edge)
         if shape_only:
             return shape_loss
         weight = torch.where(colors > 0, 1.0, 0.2)
@@ -496,18 +502,12 @@ class PatchHead(torch.nn.Module):
             loss = loss + F.cross_entropy(self.cells(x[placed]).float(), cells[placed])
         return loss
 
-    def object_shape_loss(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def object_shape_loss(self, x: torch.Tensor, labels: torch.Tensor, edge: torch.Tensor) -> torch.Tensor:
         """Shape read from each object's outline patches pooled (an inner patch cannot see the outline; a small
-        object's patches are all outline), one cross-entropy term per object in a view: x (V*R*R, C), labels
-        (V, 4, R, R) with an outline patch somewhere. Objects of one colour and shape in one view pool together (the labels
-        do not tell them apart)."""
-        V, _, R, _ = labels.shape
-        view = torch.arange(V, device=x.device).repeat_interleave(R * R)
-        colors, shapes = labels[:, 0].reshape(-1), labels[:, 1].reshape(-1)
-        objects = boundary(labels[:, 0]).reshape(-1)
-        kind = (view * (1 + len(COLORS)) + colors) * (1 + len(SHAPES)) + shapes  # as in `object_weights`
-        kinds, group = torch.unique(kind[objects], return_inverse=True)  # (K,), (object patches,)
-        pooled = torch.zeros(len(kinds), x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, group, x[objects])
+        object's patches are all outline), one cross-entropy term per object in a view (`object_kinds`): x
+        (V*R*R, C), labels (V, 4, R, R), edge (V*R*R,) bool, the outline patches (`boundary`), at least one."""
+        kinds, group = torch.unique(object_kinds(labels)[edge], return_inverse=True)  # (K,), (outline patches,)
+        pooled = torch.zeros(len(kinds), x.shape[-1], dtype=x.dtype, device=x.device).index_add_(0, group, x[edge])
         pooled = pooled / torch.bincount(group, minlength=len(kinds)).unsqueeze(1).to(x.dtype)  # (K, C) mean features
         return F.cross_entropy(self.shapes(pooled).float(), kinds % (1 + len(SHAPES)) - 1)
 
