@@ -53,7 +53,7 @@ def fine_tune(model, processor, steps: int) -> torch.nn.Linear:
     optimizer = torch.optim.AdamW(params + list(head.parameters()), lr=1e-3, weight_decay=0.01)
     rng, history, start = random.Random(TRAIN_SEED), [], time.time()
     for module in vision:
-        module.train()
+        module.train().requires_grad_(True)  # `load` hands them back frozen
     for step in range(steps):
         views, counts = [], []
         for _ in range(6):
@@ -75,7 +75,7 @@ def fine_tune(model, processor, steps: int) -> torch.nn.Linear:
             print(f"fine-tune step {step + 1}/{steps}  loss {sum(h[0] for h in recent) / 50:.3f}  "
                   f"count acc {sum(h[1] for h in recent) / 50:.3f}  {time.time() - start:.0f}s", flush=True)
     for module in vision:
-        module.eval()
+        module.eval().requires_grad_(False)
     return head
 
 
