@@ -138,7 +138,10 @@ def test_chat_look_inside_click_and_download(browser, default_app, tmp_path):
     page = browser.new_page(viewport={"width": 1500, "height": 1100})
     page.goto(default_app)
     page.locator("#model-info").get_by_text("device").wait_for(timeout=60_000)
-    assert "cpu" in page.locator("#model-info").inner_text()
+    info = page.locator("#model-info").inner_text()
+    assert "cpu" in info
+    assert "Trained on synthetic scenes" in info and "of 1,000 held-out questions" in info  # what it knows, and how well
+    assert "count of a shape 0.68" in info and "evaluation.txt" in info
 
     _ask(page, "What color is the triangle?", ROOT / "assets" / "examples" / "shapes.png")
     bot = _assistant_messages(page)
@@ -199,6 +202,7 @@ def test_stop_really_stops_and_the_app_keeps_serving(browser, slow_app):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(slow_app)
     page.locator("#model-info").get_by_text("device").wait_for(timeout=60_000)
+    assert "held-out" not in page.locator("#model-info").inner_text()  # an official checkpoint has no evaluation.txt
     page.get_by_text("Generation settings").click()
     tokens = page.locator("#ask").locator("xpath=ancestor::div[contains(@class,'column')]").get_by_label("Max new tokens").first
     _set_slider(tokens, "1024")

@@ -12,7 +12,7 @@ import torch
 import tokenpacker
 from tokenpacker.layout import build_layout
 from tokenpacker.loading import DEFAULT_MODEL
-from tokenpacker.synthetic.evaluate import EVAL_SEED, answered_questions, evaluate, evaluation_questions
+from tokenpacker.synthetic.evaluate import EVAL_SEED, answered_questions, evaluate, evaluation_questions, recorded_accuracy
 from tokenpacker.synthetic.scenes import (
     COLORS, QUESTION_TYPES, SHAPES, SPLITS, Scene, SceneObject, cell_name, questions, random_scene, sample_question,
 )  # fmt: skip
@@ -291,6 +291,24 @@ def test_the_default_model_answers_fresh_scenes(default_model):
         assert text in ANSWERS[kind], (question, text)
         right.append(text == expected)
     assert np.mean(right) >= SHIPPED_ACCURACY_60 - 0.05, np.mean(right)
+
+
+def test_recorded_accuracy_is_the_largest_standard_section_of_evaluation_txt(tmp_path):
+    shipped = recorded_accuracy(DEFAULT_MODEL)  # the README's figures, from the file the app reads
+    assert shipped["n"] == 1000 and shipped["accuracy"] == 0.741
+    assert shipped["per_type"] == {"color": 0.8613, "count": 0.4913, "count_shape": 0.68, "exists": 0.9218,
+                                   "shape": 0.8659, "where": 0.6512}  # fmt: skip
+    (tmp_path / "evaluation.txt").write_text(
+        "== standard\n$ python -m tokenpacker evaluate-default --model DIR --device cpu\naccuracy: 0.5000\n"
+        "  color: 0.5000 (n=200)\n"
+        "== small\n$ python -m tokenpacker evaluate-default --model DIR --split small --n 900\naccuracy: 0.9000\n"
+        "== one view\n$ python -m tokenpacker evaluate-default --model DIR --n 900 --max-tiles 1\naccuracy: 0.9000\n"
+        "== grounding\n$ python -m tokenpacker evaluate-default --model DIR --n 900 --grounding\naccuracy: 0.9000\n"
+        "== another seed\n$ python -m tokenpacker evaluate-default --model DIR --n 900 --seed 7\naccuracy: 0.9000\n"
+        "== probe\n$ python -m tokenpacker.synthetic.probe --model DIR\ntower: colour 0.9\n"
+    )
+    assert recorded_accuracy(tmp_path) == {"n": 200, "accuracy": 0.5, "per_type": {"color": 0.5}}
+    assert recorded_accuracy(tmp_path / "missing") is None and recorded_accuracy("org/some-hub-id") is None
 
 
 def test_evaluate_reports_per_type_accuracy(default_model):

@@ -12,9 +12,11 @@ the original image) has a share inside the target object's box at least 3x the b
 """
 
 import random
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -94,6 +96,27 @@ def evaluate(pipeline, split: str = "standard", n: int = 200, max_tiles: int | N
         report["grounding_at_least_3x"] = float(np.mean([r >= 3 for r in ratios])) if ratios else 0.0
         report["grounding_n"] = len(ratios)
     return report
+
+
+def recorded_accuracy(model_dir: str | Path) -> dict | None:
+    """The standard-split accuracy a checkpoint's `evaluation.txt` records (the section of `run_evaluation`'s output
+    with the largest `--n`, no `--max-tiles` or `--grounding`): {"n", "accuracy", "per_type": {kind: accuracy}};
+    None where the directory has no such record (a hub id, a released checkpoint, a file without the section)."""
+    path = Path(model_dir) / "evaluation.txt"
+    if not path.is_file():
+        return None
+    best = None
+    for section in path.read_text(encoding="utf-8").split("\n== "):
+        command = re.search(r"^\$ python -m tokenpacker evaluate-default (.*)$", section, re.MULTILINE)
+        accuracy = re.search(r"^accuracy: ([0-9.]+)$", section, re.MULTILINE)
+        if not command or not accuracy or re.search(r"--(max-tiles|grounding|seed)|--split (?!standard)", command[1]):
+            continue
+        n = re.search(r"--n (\d+)", command[1])
+        n = int(n[1]) if n else 200  # `--n`'s default
+        per_type = {kind: float(value) for kind, value in re.findall(r"^  (\w+): ([0-9.]+) \(n=\d+\)$", section, re.MULTILINE)}
+        if best is None or n > best["n"]:
+            best = {"n": n, "accuracy": float(accuracy[1]), "per_type": per_type}
+    return best
 
 
 def run_evaluation(args) -> int:
