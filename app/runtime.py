@@ -65,12 +65,13 @@ class ModelRuntime:
         quant = info["quantization"]
         precision = info["dtype"] if quant == "none" else f"{info['dtype']}, LLM linears {quant}" + (" NF4" * (quant == "4bit"))
         line = (f"**Model:** `{info['model']}` · **device** {info['device']} · **precision** {precision} · "
-                f"**weights** {memory:,.1f} MiB · **mode** {info['mode']} (s={info['scale_factor']}, "
-                f"{info['tokens_per_view']} tokens/view, patch_num {info['patch_num']}) · context {info['context_length']}")  # fmt: skip
+               f"**weights** {memory:,.1f} MiB · **mode** {info['mode']} (s={info['scale_factor']}, "
+               f"{info['tokens_per_view']} tokens/view, patch_num {info['patch_num']}) · context {info['context_length']}")  # fmt: skip
         record = recorded_accuracy(info["model"])  # a synthetic-scene checkpoint's own evaluation.txt, if it has one
         if record is None:
             return line
-        per_type = " · ".join(f"{TYPE_NAMES.get(kind, kind)} {value:.2f}" for kind, value in record["per_type"].items())
+        per_type = " · ".join(f"{TYPE_NAMES.get(kind, kind)} {accuracy:.2f}"
+                              for kind, accuracy in record["per_type"].items())
         return (f"{line}\n\n**Trained on synthetic scenes** (circles, squares and triangles in six colours): right on "
                 f"{record['accuracy']:.1%} of {record['n']:,} held-out questions ({per_type}), as its `evaluation.txt` "
                 "records. Other images and questions are outside what it learnt.")

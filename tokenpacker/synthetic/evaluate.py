@@ -100,8 +100,9 @@ def evaluate(pipeline, split: str = "standard", n: int = 200, max_tiles: int | N
 
 def recorded_accuracy(model_dir: str | Path) -> dict | None:
     """The standard-split accuracy a checkpoint's `evaluation.txt` records (the section of `run_evaluation`'s output
-    with the largest `--n`, no `--max-tiles` or `--grounding`): {"n", "accuracy", "per_type": {kind: accuracy}};
-    None where the directory has no such record (a hub id, a released checkpoint, a file without the section)."""
+    with the largest `--n` on the evaluation seed, without `--max-tiles` or `--grounding`): {"n", "accuracy",
+    "per_type": {kind: accuracy}}; None where the directory has no such record (a hub id, a released checkpoint, a
+    file without the section)."""
     path = Path(model_dir) / "evaluation.txt"
     if not path.is_file():
         return None
@@ -113,7 +114,8 @@ def recorded_accuracy(model_dir: str | Path) -> dict | None:
             continue
         n = re.search(r"--n (\d+)", command[1])
         n = int(n[1]) if n else 200  # `--n`'s default
-        per_type = {kind: float(value) for kind, value in re.findall(r"^  (\w+): ([0-9.]+) \(n=\d+\)$", section, re.MULTILINE)}
+        per_type = re.findall(r"^  (\w+): ([0-9.]+) \(n=\d+\)$", section, re.MULTILINE)  # [(kind, accuracy)]
+        per_type = {kind: float(value) for kind, value in per_type}
         if best is None or n > best["n"]:
             best = {"n": n, "accuracy": float(accuracy[1]), "per_type": per_type}
     return best
