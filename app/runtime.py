@@ -17,6 +17,7 @@ class ModelRuntime:
     def __init__(self, settings: AppSettings):
         self.settings = settings
         self.pipeline = None
+        self.recorded = None  # a synthetic-scene checkpoint's held-out accuracy, from its evaluation.txt
         self.status = "Starting…"
         self.error: str | None = None
         self.lock = threading.Lock()  # one generation per model; the Gradio queue orders the waiting ones
@@ -37,8 +38,10 @@ class ModelRuntime:
     def _load(self) -> None:
         s = self.settings
         try:
-            self.pipeline = load(s.model, device=s.device, dtype=s.dtype, quantization=s.quantization,
-                                 vision_tower=s.vision_tower, device_map=s.device_map, progress=self._say)  # fmt: skip
+            pipeline = load(s.model, device=s.device, dtype=s.dtype, quantization=s.quantization,
+                            vision_tower=s.vision_tower, device_map=s.device_map, progress=self._say)  # fmt: skip
+            self.recorded = recorded_accuracy(pipeline.source)  # read once, before `ready`: every page load shows it
+            self.pipeline = pipeline
             self.status = "Ready"
         except TokenPackerError as e:
             self.error = str(e)
@@ -67,7 +70,7 @@ class ModelRuntime:
         line = (f"**Model:** `{info['model']}` · **device** {info['device']} · **precision** {precision} · "
                f"**weights** {memory:,.1f} MiB · **mode** {info['mode']} (s={info['scale_factor']}, "
                f"{info['tokens_per_view']} tokens/view, patch_num {info['patch_num']}) · context {info['context_length']}")  # fmt: skip
-        record = recorded_accuracy(info["model"])  # a synthetic-scene checkpoint's own evaluation.txt, if it has one
+        record = self.recorded
         if record is None:
             return line
         per_type = " · ".join(f"{TYPE_NAMES.get(kind, kind)} {accuracy:.2f}"
